@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build the real binaries of the test bed (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kwok, helm, minio) from the Go module proxy with the machine's Go, and
+# cache them outside the repo keyed by version. A second run is a cache hit and costs nothing.
+#
+#   hack/build-binaries.sh [component ...]    # default: all
+#   CODEGROUND_BIN_CACHE=~/.cache/codeground/bin (default)
+#
+# Prints the directory that holds the binaries on its last line.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-1.35.7}
+ETCD_VERSION=${ETCD_VERSION:-3.6.14}
+KWOK_VERSION=${KWOK_VERSION:-0.8.0}
+HELM_VERSION=${HELM_VERSION:-3.21.4}
+# MinIO no longer tags releases on the module proxy; pin the pseudo-version of master.
+MINIO_VERSION=${MINIO_VERSION:-latest}
+
+CACHE=${CODEGROUND_BIN_CACHE:-$HOME/.cache/codeground/bin}
+BIN="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
+mkdir -p "$BIN"
+export GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0 GOFLAGS=-mod=mod
+WORK="$CACHE/.work"
+mkdir -p "$WORK"
+
+log() { echo "[build-binaries] $*" >&2; }
+have() { [ -x "$BIN/$1" ]; }
+
+build_kube() {
+  if have kube-apiserver && have kube-controller-manager && have kube-scheduler && have kubectl; then return; fi
+  local S="0.${K8S_VERSION#1.}" minor; minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  local d="$WORK/kube-$K8S_VERSION"; rm -rf "$d"; mkdir -p "$d"; cd "$d"
+  log "kubernetes v$K8S_VERSION (staging v$S): resolving modules"
+  go mod init local/kubebin >/dev/null 2>&1
+  go mod edit -go=1.25.0 -godebug=default=go1.25
+  for m in api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider \
+    cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api \
+    cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms \
+    kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics \
+    mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller; do
+    go mod edit -replace=k8s.io/$m=k8s.io/$m@v$S
+  done
+  go get -tool k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION k8s.io/kubernetes/cmd/kube-controller-manager@v$K8S_VERSION \
+    k8s.io/kubernetes/cmd/kube-scheduler@v$K8S_VERSION k8s.io/kubernetes/cmd/kubectl@v$K8S_VERSION
+  local LD="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    LD="$LD -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    have "$c" && continue
+    log "building $c"
+    go build -trimpath -ldflags "$LD" -o "$BIN/$c.tmp" k8s.io/kubernetes/cmd/$c && mv "$BIN/$c.tmp" "$BIN/$c"
+  done
+}
+
+build_etcd() {
+  have etcd && return
+  local d="$WORK/etcd-$ETCD_VERSION"; rm -rf "$d"; mkdir -p "$d"; cd "$d"
+  log "etcd v$ETCD_VERSION"
+  go mod init local/etcdbin >/dev/null 2>&1
+  cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  go get go.etcd.io/etcd/server/v3@v$ETCD_VERSION
+  go mod tidy
+  go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" . && mv "$BIN/etcd.tmp" "$BIN/etcd"
+}
+
+goinstall() { # name pkg@version
+  have "$1" && return
+  log "$2"
+  GOBIN="$WORK/gobin-$1" go install -trimpath -ldflags "-s -w" "$2"
+  mv "$WORK/gobin-$1/$1" "$BIN/$1"
+}
+
+components=("$@")
+[ ${#components[@]} -eq 0 ] && components=(etcd kube kwok helm minio)
+for c in "${components[@]}"; do
+  start=$(date +%s)
+  case "$c" in
+    etcd) build_etcd ;;
+    kube) build_kube ;;
+    kwok) goinstall kwok sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION ;;
+    helm) goinstall helm helm.sh/helm/v3/cmd/helm@v$HELM_VERSION ;;
+    minio) goinstall minio github.com/minio/minio@$MINIO_VERSION ;;
+    *) echo "unknown component $c (expected etcd kube kwok helm minio)" >&2; exit 2 ;;
+  esac
+  log "$c ready in $(( $(date +%s) - start ))s"
+done
+# kwok's stage configs ship in its module zip; point at them from the cache too.
+ST="$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION/kustomize/stage"
+if [ -d "$ST" ] && [ ! -e "$BIN/kwok-stages" ]; then cp -r "$ST" "$BIN/kwok-stages"; chmod -R u+w "$BIN/kwok-stages"; fi
+echo "$BIN"
