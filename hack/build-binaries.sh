@@ -1,38 +1,48 @@
 #!/usr/bin/env bash
 # Build the real binaries of the test bed (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok, helm, minio) from the Go module proxy with the machine's Go, and
-# cache them outside the repo keyed by version. A second run is a cache hit and costs nothing.
+# cache them outside the repo keyed by version. A second run is a cache hit: it needs no Go and
+# costs well under a second.
 #
-#   hack/build-binaries.sh [component ...]    # default: all
+#   hack/build-binaries.sh [component ...]    # components: etcd kube kwok helm minio (default: all)
 #   CODEGROUND_BIN_CACHE=~/.cache/codeground/bin (default)
 #
-# Prints the directory that holds the binaries on its last line.
+# Called by codeground.operator.testbed.find_binaries() (pytest fixtures, `codeground dev cluster up`)
+# and by CI. Prints the directory that holds the binaries on its last line; progress goes to stderr.
+# The kwok stage YAMLs (from kwok's module zip) are copied next to the binaries as kwok-stages/.
+# Cold build on 2 cores: see docs/testbed.md for measured times.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-1.35.7}
 ETCD_VERSION=${ETCD_VERSION:-3.6.14}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.21.4}
-# MinIO no longer tags releases on the module proxy; pin the pseudo-version of master.
-MINIO_VERSION=${MINIO_VERSION:-latest}
+# MinIO no longer tags releases on the module proxy: pin the pseudo-version of master that
+# `@latest` resolved to (2026-02-12, commit 7aac2a2c5b7c) so the cache key means something.
+MINIO_VERSION=${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 
 CACHE=${CODEGROUND_BIN_CACHE:-$HOME/.cache/codeground/bin}
-BIN="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
-mkdir -p "$BIN"
-export GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0 GOFLAGS=-mod=mod
+BIN="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION-minio-${MINIO_VERSION##*-}"
 WORK="$CACHE/.work"
-mkdir -p "$WORK"
+mkdir -p "$BIN" "$WORK"
+export GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { echo "[build-binaries] $*" >&2; }
 have() { [ -x "$BIN/$1" ]; }
+need_go() {
+  command -v go >/dev/null || { log "Go is not installed (need >= 1.26 for kwok v$KWOK_VERSION and helm v$HELM_VERSION); install it or set CODEGROUND_BIN_DIR to prebuilt binaries"; exit 3; }
+}
 
 build_kube() {
   if have kube-apiserver && have kube-controller-manager && have kube-scheduler && have kubectl; then return; fi
+  need_go
   local S="0.${K8S_VERSION#1.}" minor; minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   local d="$WORK/kube-$K8S_VERSION"; rm -rf "$d"; mkdir -p "$d"; cd "$d"
   log "kubernetes v$K8S_VERSION (staging v$S): resolving modules"
   go mod init local/kubebin >/dev/null 2>&1
   go mod edit -go=1.25.0 -godebug=default=go1.25
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 with replace lines to ./staging, which a
+  # dependency's go.mod cannot use: pin each to the published v0.Y.Z (kubernetes/kubernetes#79384).
   for m in api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider \
     cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api \
     cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms \
@@ -42,6 +52,7 @@ build_kube() {
   done
   go get -tool k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION k8s.io/kubernetes/cmd/kube-controller-manager@v$K8S_VERSION \
     k8s.io/kubernetes/cmd/kube-scheduler@v$K8S_VERSION k8s.io/kubernetes/cmd/kubectl@v$K8S_VERSION
+  # Without these the servers report v0.0.0-master and helm rejects charts' kubeVersion.
   local LD="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LD="$LD -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
@@ -55,9 +66,11 @@ build_kube() {
 
 build_etcd() {
   have etcd && return
+  need_go
   local d="$WORK/etcd-$ETCD_VERSION"; rm -rf "$d"; mkdir -p "$d"; cd "$d"
   log "etcd v$ETCD_VERSION"
   go mod init local/etcdbin >/dev/null 2>&1
+  # etcd's server/go.mod has replace lines, so `go install` refuses it: build its main in our module.
   cat > main.go <<'GO'
 package main
 
@@ -76,26 +89,40 @@ GO
 
 goinstall() { # name pkg@version
   have "$1" && return
+  need_go
   log "$2"
   GOBIN="$WORK/gobin-$1" go install -trimpath -ldflags "-s -w" "$2"
   mv "$WORK/gobin-$1/$1" "$BIN/$1"
 }
 
+kwok_stages() { # kwok's Stage YAMLs ship in its module zip, not in the binary
+  [ -d "$BIN/kwok-stages" ] && return
+  need_go
+  local dir
+  dir=$(cd "$WORK" && go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  rm -rf "$BIN/kwok-stages.tmp"
+  cp -r "$dir/kustomize/stage" "$BIN/kwok-stages.tmp"
+  chmod -R u+w "$BIN/kwok-stages.tmp"
+  mv "$BIN/kwok-stages.tmp" "$BIN/kwok-stages"
+}
+
 components=("$@")
 [ ${#components[@]} -eq 0 ] && components=(etcd kube kwok helm minio)
+# One build at a time per cache (parallel pytest sessions, CI jobs sharing a cache).
+exec 9>"$CACHE/.lock"
+flock 9
+total=$(date +%s)
 for c in "${components[@]}"; do
   start=$(date +%s)
   case "$c" in
     etcd) build_etcd ;;
     kube) build_kube ;;
-    kwok) goinstall kwok sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION ;;
+    kwok) goinstall kwok sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION; kwok_stages ;;
     helm) goinstall helm helm.sh/helm/v3/cmd/helm@v$HELM_VERSION ;;
     minio) goinstall minio github.com/minio/minio@$MINIO_VERSION ;;
     *) echo "unknown component $c (expected etcd kube kwok helm minio)" >&2; exit 2 ;;
   esac
   log "$c ready in $(( $(date +%s) - start ))s"
 done
-# kwok's stage configs ship in its module zip; point at them from the cache too.
-ST="$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION/kustomize/stage"
-if [ -d "$ST" ] && [ ! -e "$BIN/kwok-stages" ]; then cp -r "$ST" "$BIN/kwok-stages"; chmod -R u+w "$BIN/kwok-stages"; fi
+log "all requested components ready in $(( $(date +%s) - total ))s"
 echo "$BIN"

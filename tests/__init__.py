@@ -1,0 +1,1 @@
+"""codeground tests (a package so `tests.bed.fixtures` imports as a pytest plugin)."""
