@@ -13,7 +13,8 @@
 # Cold build on 2 cores: see docs/testbed.md for measured times.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-1.35.7}
+# v1.35.4: the newest v1.35 patch the module proxy serves here (v1.35.7 answers 403 "not available").
+K8S_VERSION=${K8S_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.14}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.21.4}
@@ -50,8 +51,13 @@ build_kube() {
     mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller; do
     go mod edit -replace=k8s.io/$m=k8s.io/$m@v$S
   done
-  go get -tool k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION k8s.io/kubernetes/cmd/kube-controller-manager@v$K8S_VERSION \
-    k8s.io/kubernetes/cmd/kube-scheduler@v$K8S_VERSION k8s.io/kubernetes/cmd/kubectl@v$K8S_VERSION
+  # Require the module itself, then name the commands as tools: `go get -tool pkg@v` would also ask
+  # the proxy for k8s.io/kubernetes/cmd/... as module paths, which it answers with 403, a hard error.
+  go get k8s.io/kubernetes@v$K8S_VERSION
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    go mod edit -tool=k8s.io/kubernetes/cmd/$c
+  done
+  go mod tidy
   # Without these the servers report v0.0.0-master and helm rejects charts' kubeVersion.
   local LD="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
