@@ -20,6 +20,7 @@ import os
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from . import spec as api
 from .errors import CodegroundError, StageError
@@ -51,7 +52,7 @@ def save_status(store: ArtifactStore, run: api.TrainingRun, status: api.Training
 
 
 def _set_condition(status: api.TrainingRunStatus, type_: str, ok: bool, reason: str, message: str = "") -> None:
-    value = "True" if ok else "False"
+    value: Literal["True", "False"] = "True" if ok else "False"
     for c in status.conditions:
         if c.type == type_:
             if c.status != value or c.reason != reason:

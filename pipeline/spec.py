@@ -253,6 +253,14 @@ class EvaluateParams(ApiModel):
     max_tokens: int = Field(4096, ge=16, le=1048576, description="Tokens per trajectory (model and interpreter).")
 
 
+def _has_params_of(stage_type: str) -> Callable[[Any], bool]:
+    return lambda s: s.type != stage_type or getattr(s, stage_type) is not None
+
+
+def _params_only_for(stage_type: str) -> Callable[[Any], bool]:
+    return lambda s: getattr(s, stage_type) is None or s.type == stage_type
+
+
 class StageSpec(ApiModel):
     """One stage of the pipeline; stages run in order, each from the previous stage's artifacts."""
 
@@ -268,7 +276,7 @@ class StageSpec(ApiModel):
         Rule(
             f"self.type != '{t}' || has(self.{t})",
             f"a stage of type {t} needs its {t} parameters",
-            lambda s, t=t: s.type != t or getattr(s, t) is not None,
+            _has_params_of(t),
             t,
         )
         for t in ("distill", "grpo", "evaluate")
@@ -276,7 +284,7 @@ class StageSpec(ApiModel):
         Rule(
             f"!has(self.{t}) || self.type == '{t}'",
             f"{t} parameters are only allowed on a stage of type {t}",
-            lambda s, t=t: getattr(s, t) is None or s.type == t,
+            _params_only_for(t),
             t,
         )
         for t in ("distill", "sft", "grpo", "evaluate")
@@ -420,7 +428,7 @@ class TrainingRun(ApiModel):
 
     kind_name: ClassVar[str] = "TrainingRun"
     plural: ClassVar[str] = "trainingruns"
-    api_version: Literal["codeground.dev/v1alpha1"] = Field(API_VERSION, description="codeground.dev/v1alpha1")
+    api_version: Literal["codeground.dev/v1alpha1"] = Field("codeground.dev/v1alpha1", description="codeground.dev/v1alpha1")
     kind: Literal["TrainingRun"] = Field("TrainingRun", description="TrainingRun")
     metadata: ObjectMeta
     spec: TrainingRunSpec
@@ -479,7 +487,7 @@ class Sandbox(ApiModel):
 
     kind_name: ClassVar[str] = "Sandbox"
     plural: ClassVar[str] = "sandboxes"
-    api_version: Literal["codeground.dev/v1alpha1"] = Field(API_VERSION, description="codeground.dev/v1alpha1")
+    api_version: Literal["codeground.dev/v1alpha1"] = Field("codeground.dev/v1alpha1", description="codeground.dev/v1alpha1")
     kind: Literal["Sandbox"] = Field("Sandbox", description="Sandbox")
     metadata: ObjectMeta
     spec: SandboxSpec = Field(default_factory=SandboxSpec)

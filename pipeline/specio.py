@@ -102,7 +102,7 @@ def _short(value: Any) -> str:
 
 
 def _pydantic_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    by_path: dict[str, list[dict[str, Any]]] = {}
+    by_path: dict[str, list[Any]] = {}
     for err in exc.errors(include_url=False):
         by_path.setdefault(_format_loc(err["loc"]), []).append(err)
     out: list[tuple[str, str]] = []
