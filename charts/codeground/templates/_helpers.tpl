@@ -51,7 +51,7 @@ app.kubernetes.io/component: operator
 {{- printf "%s-minio" (include "codeground.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The Secret runs use by default for S3 credentials ("" = none). */}}
+{{/* The Secret of S3 keys the chart holds or names for runs in the release namespace ("" = none). */}}
 {{- define "codeground.artifactsSecret" -}}
 {{- if .Values.artifacts.credentials.existingSecret -}}
 {{- .Values.artifacts.credentials.existingSecret -}}
@@ -62,18 +62,11 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* The default S3 endpoint ("" = AWS). */}}
+{{/* The S3 endpoint runs should use ("" = AWS). */}}
 {{- define "codeground.artifactsEndpoint" -}}
 {{- if .Values.artifacts.endpoint -}}
 {{- .Values.artifacts.endpoint -}}
 {{- else if .Values.minio.enabled -}}
 {{- printf "http://%s.%s.svc:9000" (include "codeground.minio.fullname" .) .Release.Namespace -}}
 {{- end -}}
-{{- end -}}
-
-{{/* Comma-separated names of imagePullSecrets (passed on to stage and sandbox pods). */}}
-{{- define "codeground.pullSecretNames" -}}
-{{- $names := list -}}
-{{- range .Values.imagePullSecrets -}}{{- $names = append $names .name -}}{{- end -}}
-{{- join "," $names -}}
 {{- end -}}
