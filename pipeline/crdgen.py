@@ -147,7 +147,10 @@ def build_crd(kind: type[api.ApiModel]) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "codeground.dev/v1alpha1"},
             "kind": {"type": "string", "description": name},
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": kind.name_max_length}},  # type: ignore[attr-defined]
+            },
             "spec": spec_schema,
             "status": status_schema,
         },
@@ -155,9 +158,12 @@ def build_crd(kind: type[api.ApiModel]) -> dict[str, Any]:
     }
     if not root["required"]:
         root.pop("required")
-        spec_schema["default"] = {}
+        # A default is validated (CEL included) without nested defaults applied: spell it out whole.
+        spec_schema["default"] = spec_model().model_dump(by_alias=True, exclude_none=True, mode="json")  # type: ignore[misc, operator]
     if kind.rules:
-        root["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in kind.rules]
+        root["x-kubernetes-validations"] = [
+            {"rule": r.cel, "message": r.message, **({"fieldPath": "." + r.field} if r.field else {})} for r in kind.rules
+        ]
     subresources: dict[str, Any] = {"status": {}}
     if name == "Sandbox":
         subresources["scale"] = {

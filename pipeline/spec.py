@@ -433,14 +433,8 @@ class TrainingRun(ApiModel):
     metadata: ObjectMeta
     spec: TrainingRunSpec
     status: TrainingRunStatus | None = None
-    rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            f"self.metadata.name.size() <= {RUN_NAME_MAX}",
-            f"a TrainingRun name has at most {RUN_NAME_MAX} characters (it prefixes Job and Pod names)",
-            lambda r: len(r.metadata.name) <= RUN_NAME_MAX,
-            "metadata.name",
-        ),
-    )
+    # Enforced through the CRD's metadata schema (the only metadata constraint CRDs may declare).
+    name_max_length: ClassVar[int] = RUN_NAME_MAX
 
 
 class SandboxResources(ApiModel):
@@ -492,6 +486,7 @@ class Sandbox(ApiModel):
     metadata: ObjectMeta
     spec: SandboxSpec = Field(default_factory=SandboxSpec)
     status: SandboxStatus | None = None
+    name_max_length: ClassVar[int] = 63  # the name of its Service and Deployment
 
 
 KINDS: dict[str, type[ApiModel]] = {"TrainingRun": TrainingRun, "Sandbox": Sandbox}

@@ -155,6 +155,9 @@ def parse_object(doc: dict[str, Any], source: str | None = None) -> api.Training
     except ValidationError as exc:
         raise SpecError(_pydantic_errors(exc), source) from None
     errors = _rule_errors(obj, "")
+    limit = getattr(model, "name_max_length", 253)
+    if len(obj.metadata.name) > limit:  # type: ignore[attr-defined]
+        errors.insert(0, ("metadata.name", f"may not be more than {limit} bytes (it prefixes the names of the objects it creates)"))
     if errors:
         raise SpecError(errors, source)
     return obj  # type: ignore[return-value]

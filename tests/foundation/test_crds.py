@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from codeground.pipeline import spec as api
 from codeground.pipeline.crdgen import render_crds
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from codeground.pipeline import stagekit
 from codeground.pipeline.cli import main
 from codeground.pipeline.lineage import trace

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from codeground.pipeline import spec as api
 from codeground.pipeline.errors import SpecError
 from codeground.pipeline.specio import load_file, parse_documents, parse_object
@@ -68,7 +69,7 @@ def test_defaults_are_applied_like_the_api_server():
         (lambda d: d["spec"]["stages"][0]["resources"].update(memory="lots"), "spec.stages[0].resources.memory", "quantity"),
         (lambda d: d["spec"]["stages"][0]["resources"].update(gpus=-1), "spec.stages[0].resources.gpus", "greater than or equal to 0"),
         (lambda d: d["spec"]["teacher"].update(endpoint="http://x/v1"), "spec.teacher.endpoint", "either endpoint or vllm"),
-        (lambda d: d["metadata"].update(name="x" * 41), "metadata.name", "at most 40"),
+        (lambda d: d["metadata"].update(name="x" * 41), "metadata.name", "more than 40 bytes"),
         (lambda d: d["metadata"].update(name="Bad_Name"), "metadata.name", "pattern"),
         (lambda d: d["spec"]["stages"][0].update(name="Distill!"), "spec.stages[0].name", "pattern"),
         (lambda d: d["spec"]["model"].update(name="x" * 100_000), "spec.model.name", "at most 1024"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from codeground.pipeline.errors import ArtifactError
 from codeground.pipeline.store import LocalStore, Manifest, open_store, sha256_bytes
 

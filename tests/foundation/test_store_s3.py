@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from codeground.pipeline.errors import ArtifactError
 from codeground.pipeline.lineage import trace
 from codeground.pipeline.store import Manifest, S3Store
