@@ -1,0 +1,234 @@
+"""How one interpreter is launched: the gVisor OCI bundle, or (debugging only) a bare child process.
+
+Who calls it: `interpreter.py` asks a launcher for the argv/env/cwd of a new interpreter; the service
+builds the launcher once at start-up (`make_launcher`). `build_oci_spec` is a pure function (no I/O) so
+its output is unit-tested without gVisor.
+
+The gVisor bundle: an empty read-only root (only mount points and `bin -> usr/bin` links), read-only
+binds of /usr, /lib, /lib64, the real Python install and the venv (both at their host paths, so the
+interpreter's rpath and `sys.prefix` keep working), a size-limited tmpfs on /tmp as the session's scratch
+dir, an explicit environment, uid/gid 65534 and rlimits for memory, processes, file size. `runsc run`
+is rootless with `--network=none`: the sandbox has loopback only. Everything the session wrote lives in
+the sandbox's memory and disappears with it.
+
+What it does not guarantee: a memory cap for a whole session (RLIMIT_AS is per process, so a session's
+worst case is max_processes x memory); CPU shares between sessions; protection from gVisor bugs. The
+unisolated launcher gives none of the isolation guarantees -- only rlimits and a clean environment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import resource
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codeground.pipeline.errors import InfrastructureError
+
+from .config import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+SANDBOX_UID = 65534  # "nobody": rlimits only hold for an unprivileged user
+SCRATCH = "/tmp"
+WORKER_SOURCE = (Path(__file__).with_name("worker.py")).read_text()
+INSTALL_HINT = (
+    "gVisor's runsc was not found. Install it with `sudo apt-get install -y runsc` (Debian/Ubuntu; "
+    "`hack/install-runsc.sh` does this) or see https://gvisor.dev/docs/user_guide/install/. "
+    "For debugging only, `codeground sandbox serve --unsafe-no-isolation` runs code without isolation."
+)
+_ids = itertools.count()
+
+
+class SandboxUnavailableError(InfrastructureError):
+    """The isolation the config asks for cannot be provided on this host (e.g. runsc missing)."""
+
+
+def sandbox_env() -> dict[str, str]:
+    """The whole environment a session sees: nothing is inherited from the service."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": SCRATCH,
+        "TMPDIR": SCRATCH,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "MPLBACKEND": "Agg",
+        # One BLAS thread: a session gets a small address space, and threads count against max_processes.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def worker_argv(python: str, config: SandboxConfig, scratch: str) -> list[str]:
+    """The interpreter command: isolated mode (-I: no env vars, no user site), no bytecode writes."""
+    import json
+
+    settings = {"scratch": scratch, "echo_last_expression": config.echo_last_expression,
+                "traceback_frames": config.traceback_frames}
+    return [python, "-I", "-B", "-c", WORKER_SOURCE, json.dumps(settings)]
+
+
+def python_binds() -> list[str]:
+    """Host folders the sandboxed interpreter needs besides /usr and /lib*: its install and the venv."""
+    candidates = [
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(os.path.dirname(os.path.realpath(sys.executable))),
+        sys.prefix,
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+    ]
+    binds: list[str] = []
+    for path in sorted({os.path.abspath(p) for p in candidates}, key=len):
+        if not os.path.isdir(path) or path == "/":
+            continue
+        if any(path == b or path.startswith(b.rstrip("/") + "/") for b in [*binds, "/usr", "/lib", "/lib64"]):
+            continue  # already visible through a parent bind
+        binds.append(path)
+    return binds
+
+
+def build_oci_spec(config: SandboxConfig, *, args: list[str], binds: list[str], rootfs: str = "rootfs") -> dict[str, Any]:
+    """The OCI runtime spec (config.json) of one session's sandbox. Pure: no I/O."""
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": SCRATCH, "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", f"size={config.scratch_bytes}"]},
+    ]
+    for path in ["/usr", "/lib", "/lib64", *binds]:
+        mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]})
+
+    def rlimit(kind: str, value: int) -> dict[str, Any]:
+        return {"type": kind, "hard": int(value), "soft": int(value)}
+
+    env = sandbox_env()
+    return {
+        "ociVersion": "1.0.0",
+        "process": {
+            "terminal": False,
+            "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
+            "args": args,
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": SCRATCH,
+            "noNewPrivileges": True,
+            "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+            "rlimits": [
+                rlimit("RLIMIT_AS", config.memory_bytes),
+                rlimit("RLIMIT_NPROC", config.max_processes),
+                rlimit("RLIMIT_FSIZE", config.max_file_bytes),
+                rlimit("RLIMIT_NOFILE", 1024),
+                rlimit("RLIMIT_CORE", 0),
+            ],
+        },
+        "root": {"path": rootfs, "readonly": True},
+        "hostname": "sandbox",
+        "mounts": mounts,
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]},
+    }
+
+
+@dataclass
+class LaunchSpec:
+    """What `interpreter.py` needs to start one interpreter process."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    name: str
+    cleanup: list[str] = field(default_factory=list)  # paths (files/dirs, globs allowed) removed after exit
+    unisolated_rlimits: dict[int, int] | None = None  # set in the child before exec (unsafe mode only)
+
+
+class RunscLauncher:
+    """Starts each interpreter in its own gVisor sandbox from one shared, read-only bundle."""
+
+    isolation = "gvisor"
+
+    def __init__(self, config: SandboxConfig, workdir: str):
+        self.config = config
+        runsc = shutil.which(config.runsc_path)
+        if runsc is None:
+            raise SandboxUnavailableError(INSTALL_HINT)
+        self.runsc = runsc
+        self.workdir = workdir
+        self.state = os.path.join(workdir, "runsc-state")
+        self.bundle = os.path.join(workdir, "bundle")
+        binds = python_binds()
+        spec = build_oci_spec(config, args=worker_argv(sys.executable, config, SCRATCH), binds=binds)
+        ensure_bundle(self.bundle, spec)
+        os.makedirs(self.state, mode=0o700, exist_ok=True)
+        log.info("gVisor bundle at %s (binds: %s)", self.bundle, ", ".join(binds))
+
+    def spec(self) -> LaunchSpec:
+        name = f"cg-{os.getpid()}-{next(_ids)}"
+        argv = [self.runsc, "--root", self.state, "--rootless", "--network=none",
+                f"--platform={self.config.runsc_platform}", "--ignore-cgroups",
+                "run", "--bundle", self.bundle, name]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return LaunchSpec(argv=argv, env=env, cwd=self.workdir, name=name,
+                          cleanup=[os.path.join(self.state, f"{name}_sandbox:*"), os.path.join(self.state, name)])
+
+
+class UnisolatedLauncher:
+    """DEBUGGING ONLY: runs the interpreter as a plain child process with rlimits and a clean env."""
+
+    isolation = "none"
+
+    def __init__(self, config: SandboxConfig, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        log.warning("=" * 78)
+        log.warning("SANDBOX ISOLATION IS OFF (--unsafe-no-isolation): code runs on this host as %s",
+                    os.getuid())
+        log.warning("=" * 78)
+
+    def spec(self) -> LaunchSpec:
+        name = f"cg-unsafe-{os.getpid()}-{next(_ids)}"
+        scratch = tempfile.mkdtemp(prefix=name + "-", dir=self.workdir)
+        env = sandbox_env() | {"HOME": scratch, "TMPDIR": scratch}
+        limits = {resource.RLIMIT_AS: self.config.memory_bytes, resource.RLIMIT_FSIZE: self.config.max_file_bytes,
+                  resource.RLIMIT_CORE: 0}
+        if os.getuid() != 0:  # root ignores RLIMIT_NPROC, and as root it would count all of root's processes
+            limits[resource.RLIMIT_NPROC] = self.config.max_processes
+        return LaunchSpec(argv=worker_argv(sys.executable, self.config, scratch), env=env, cwd=scratch,
+                          name=name, cleanup=[scratch], unisolated_rlimits=limits)
+
+
+def ensure_bundle(bundle: str, spec: dict[str, Any]) -> None:
+    """Write config.json and an empty root with the mount points and /bin links (idempotent)."""
+    import json
+
+    rootfs = os.path.join(bundle, spec["root"]["path"])
+    os.makedirs(rootfs, exist_ok=True)
+    for m in spec["mounts"]:
+        os.makedirs(os.path.join(rootfs, m["destination"].lstrip("/")), exist_ok=True)
+    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin")):
+        path = os.path.join(rootfs, link)
+        if not os.path.lexists(path):
+            os.symlink(target, path)
+    for d in ("dev", "etc", "proc", "sys"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    # gVisor checks mount points as the sandbox user: keep every level traversable.
+    for dirpath, dirnames, _ in os.walk(rootfs):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    os.chmod(rootfs, 0o755)
+    os.chmod(bundle, 0o755)
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(spec, f, indent=1)
+
+
+def make_launcher(config: SandboxConfig, workdir: str) -> RunscLauncher | UnisolatedLauncher:
+    """The launcher for `config.isolation`; raises SandboxUnavailableError with install steps."""
+    if config.isolation == "none":
+        return UnisolatedLauncher(config, workdir)
+    return RunscLauncher(config, workdir)
