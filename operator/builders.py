@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from codeground.pipeline import spec as api
 from codeground.pipeline.specio import dump_object
 

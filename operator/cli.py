@@ -22,14 +22,15 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before anything imports `kubernetes`: its default kubeconfig path is read at import time.
+        os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
     import kopf
 
     from . import metrics
     from .config import OperatorConfig
     from .handlers import registry
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kopf.objects", "kopf.activities.probe", "kubernetes.client.rest", "urllib3"):

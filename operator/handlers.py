@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -79,7 +80,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     try:
         kconfig.load_incluster_config()
     except kconfig.ConfigException:
-        kconfig.load_kube_config()
+        kconfig.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     c = client.Configuration.get_default_copy()
     c.connection_pool_maxsize = max(8, cfg.workers * 2)
     state = State(cfg, Kube(client.ApiClient(c)))

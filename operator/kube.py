@@ -18,8 +18,9 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from codeground.pipeline.spec import GROUP, VERSION
 from kubernetes import client
+
+from codeground.pipeline.spec import GROUP, VERSION
 
 from . import labels as L
 from .metrics import API_CALLS

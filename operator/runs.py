@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import yaml
+
 from codeground.pipeline import spec as api
 from codeground.pipeline.errors import SpecError
 from codeground.pipeline.specio import dump_object, parse_object

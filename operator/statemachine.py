@@ -274,6 +274,9 @@ def _transition_events(run: api.TrainingRun, prev: api.TrainingRunStatus, st: ap
                 events.append(Event("Warning", "StageRetrying", f"{what} after: {s.message}"))
             else:
                 events.append(Event("Normal", "StageStarted", what))
+        elif s.phase == "Running" and o.phase != "Running":  # adopted: created by an earlier pass
+            events.append(Event("Normal", "StageStarted", f"stage {s.name}: Job {run.metadata.name}-{s.name}-{s.attempts} "
+                                f"is running (attempt {s.attempts})"))
         elif s.phase == "Running" and s.message and s.message != o.message:
             events.append(Event("Warning", "StageAttemptFailed", f"stage {s.name}: {s.message}; retrying with backoff"))
         if s.phase != o.phase and s.phase == "Succeeded":

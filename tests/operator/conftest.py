@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from codeground.operator.builders import Owner
 from codeground.operator.config import OperatorConfig
 from codeground.pipeline import specio

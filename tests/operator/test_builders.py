@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import yaml
+
 from codeground.operator import labels as L
 from codeground.operator.builders import (
     build_spec_configmap,

@@ -8,7 +8,6 @@ from codeground.operator.observe import JobView, observe_jobs
 from codeground.operator.statemachine import SandboxState, decide, refused_change
 from codeground.pipeline import spec as api
 from codeground.pipeline import specio
-
 from tests.operator.conftest import run_doc
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
