@@ -93,8 +93,6 @@ def test_entrypoint_serves_the_pod_command(image: str) -> None:
     # Everything up to the first option, plus --help: argparse exits 0 only if the command exists.
     words = [w for w in pod[1:] if not w.startswith("-")][: 2]
     p = subprocess.run([str(exe), *words, "--help"], capture_output=True, text=True, timeout=120, check=False)
-    if p.returncode and image != "trainer" and "invalid choice" in p.stderr:
-        pytest.xfail(f"`codeground {' '.join(words)}` has not landed yet: {p.stderr.strip().splitlines()[-1]}")
     assert p.returncode == 0, f"codeground {shlex.join(words)} --help failed:\n{p.stderr}"
     assert "usage:" in p.stdout
     # The options the pod passes are ones the command takes.
