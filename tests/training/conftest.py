@@ -25,8 +25,9 @@ LLAMA3_TEMPLATE = (
 
 
 def smollm2_tokenizer():
-    from codeground.pipeline.rollout.models import _plain_from_gguf, smollm2_path
     from transformers import AutoTokenizer
+
+    from codeground.pipeline.rollout.models import _plain_from_gguf, smollm2_path
 
     gguf = smollm2_path()
     folder = _plain_from_gguf(str(gguf.parent), gguf.name, None)

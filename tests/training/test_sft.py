@@ -8,6 +8,7 @@ import os
 
 import pytest
 import yaml
+
 from codeground.pipeline import stagekit
 from codeground.pipeline.cli import main
 from codeground.pipeline.errors import StageError
