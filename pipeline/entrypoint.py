@@ -49,7 +49,45 @@ def _progress_sinks() -> list:
             with open(progress_file, "a") as f:
                 f.write(json.dumps(state) + "\n")
         sinks.append(to_file)
+    pod_sink = _pod_annotation_sink()
+    if pod_sink is not None:
+        sinks.append(pod_sink)
     return sinks
+
+
+PROGRESS_ANNOTATION = "codeground.dev/progress"  # read by the operator (codeground.operator.labels)
+
+
+def _pod_annotation_sink() -> Any:
+    """In a pod the operator started: patch our own Pod's ``codeground.dev/progress`` annotation.
+
+    The operator watches it and shows progress and the latest reward in the TrainingRun's status (and
+    so in ``kubectl get trainingruns``) without exec'ing into the pod. Needs POD_NAME/POD_NAMESPACE
+    (downward API) and the ``kubernetes`` package with in-cluster credentials (the namespaced
+    ``codeground-stage`` ServiceAccount may get/patch pods); anywhere else there is simply no sink.
+    """
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not name or not namespace:
+        return None
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        log.info("kubernetes package not installed: progress is not reported to the operator")
+        return None
+    try:
+        config.load_incluster_config()
+    except config.ConfigException as exc:
+        log.info("no in-cluster credentials (%s): progress is not reported to the operator", exc)
+        return None
+    core = client.CoreV1Api()
+
+    def to_pod(state: dict[str, Any]) -> None:
+        value = json.dumps({"progress": state.get("progress"), "metrics": state.get("metrics") or {}},
+                           separators=(",", ":"))
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": {PROGRESS_ANNOTATION: value}}},
+                                  _request_timeout=10)
+
+    return to_pod
 
 
 def run_stage_entrypoint(spec_path: str, stage_name: str, *, resume: bool = True, out: str | None = None) -> int:
