@@ -15,13 +15,11 @@ rejected by admission, visible as the Deployment's ReplicaFailure) or enforces n
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from typing import Any
 
 from codeground.pipeline import spec as api
-from codeground.pipeline.specio import dump_object
 
 from . import labels as L
 from .builders import Owner, _meta
@@ -49,8 +47,12 @@ def desired_replicas(sandbox: api.Sandbox, sessions: Iterable[int]) -> int:
     return max(sandbox.spec.replicas, min(sandbox.spec.max_replicas, need))
 
 
-def _serve_command() -> list[str]:
-    return ["codeground", "sandbox", "serve", "--host", "0.0.0.0", "--port", str(L.SANDBOX_PORT)]
+def _serve_command(limits: api.SandboxLimits) -> list[str]:
+    """``codeground sandbox serve`` with the per-session limits of the spec (flags of its add_cli)."""
+    return ["codeground", "sandbox", "serve", "--host", "0.0.0.0", "--port", str(L.SANDBOX_PORT),
+            "--timeout-seconds", str(limits.timeout_seconds), "--memory", str(limits.memory),
+            "--max-processes", str(limits.max_processes), "--max-output-bytes", str(limits.max_output_bytes),
+            "--max-sessions", str(limits.max_sessions), "--session-idle-seconds", str(limits.session_idle_seconds)]
 
 
 def build_sandbox_deployment(sandbox: api.Sandbox, owner: Owner, config: OperatorConfig, replicas: int) -> dict[str, Any]:
@@ -62,9 +64,8 @@ def build_sandbox_deployment(sandbox: api.Sandbox, owner: Owner, config: Operato
     container = {
         "name": "sandbox",
         "image": spec.image or config.sandbox_image,
-        "command": _serve_command(),
-        "env": [{"name": "CODEGROUND_SANDBOX_LIMITS", "value": json.dumps(dump_object(spec.limits), sort_keys=True)},
-                {"name": "TMPDIR", "value": "/tmp"}, {"name": "HOME", "value": "/tmp"}],
+        "command": _serve_command(spec.limits),
+        "env": [{"name": "TMPDIR", "value": "/tmp"}, {"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": "http", "containerPort": L.SANDBOX_PORT}],
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
         "readinessProbe": probe,

@@ -130,3 +130,16 @@ def test_pool_size_follows_demand_within_bounds(run):
     assert desired_replicas(sb, [stage_sessions(grpo)]) == 6  # 512 / 64 = 8, capped at 6
     assert desired_replicas(sb, [100]) == 2
     assert desired_replicas(sb, [200]) == 4
+
+
+def test_sandbox_command_carries_the_session_limits(owner, config):
+    import argparse
+
+    from codeground.pipeline.sandbox.service import add_cli  # the flags must be ones serve accepts
+
+    sb = _sandbox(limits={"timeoutSeconds": 5, "memory": "512Mi", "maxSessions": 32})
+    cmd = build_sandbox_deployment(sb, owner, config, replicas=1)["spec"]["template"]["spec"]["containers"][0]["command"]
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(cmd[1:])
+    assert (args.timeout_seconds, args.memory, args.max_sessions, args.host) == (5.0, "512Mi", 32, "0.0.0.0")
