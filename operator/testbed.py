@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from codeground.operator import testbed_assets as assets
 from codeground.pipeline.errors import InfrastructureError
 
@@ -104,23 +105,24 @@ def _alive(pid: int, exe: str | None = None) -> bool:
         return False
 
 
-def stop_pids(procs: dict[str, dict[str, Any]], timeout: float = 15.0) -> None:
-    """SIGTERM each process (a dict name -> {pid, exe}), in reverse start order; SIGKILL stragglers."""
+def stop_pids(procs: dict[str, dict[str, Any]], timeout: float = 10.0) -> None:
+    """Stop processes (a dict name -> {pid, exe}) one by one in reverse start order: SIGTERM, then
+    SIGKILL after `timeout`. Sequential on purpose: kube-apiserver hangs in shutdown when etcd goes first."""
     for info in reversed(list(procs.values())):
-        if _alive(info["pid"], info.get("exe")):
+        pid, exe = info["pid"], info.get("exe")
+        if _alive(pid, exe):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for info in procs.values():
-        while _alive(info["pid"], info.get("exe")) and time.monotonic() < deadline:
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid, exe) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(info["pid"], os.WNOHANG)
-            time.sleep(0.1)
-        if _alive(info["pid"], info.get("exe")):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if _alive(pid, exe):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(info["pid"], signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(info["pid"], 0)
+            os.waitpid(pid, 0)
 
 
 class _Supervisor:
@@ -273,7 +275,8 @@ class ControlPlane:
         ])
         nodes = [assets.build_gpu_node(f"kwok-gpu-{i}", self.gpus_per_node) for i in range(self.gpu_nodes)]
         nodes += [assets.build_gpu_node(f"kwok-cpu-{i}", 0, pool="cpu") for i in range(self.cpu_nodes)]
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        objects = nodes + [yaml.safe_load((b / "kwok-stages" / f).read_text()) for f in assets.UPSTREAM_OBJECT_FILES]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
         sup.wait_until("kwok", self._nodes_ready, timeout)
         self.wait_for_default_serviceaccount("default", timeout)
         self.write_state()

@@ -191,11 +191,18 @@ def build_outcome_stages() -> list[dict[str, Any]]:
 
 
 # Upstream kwok Stage files (relative to kwok's kustomize/stage dir) that the bed loads: node
-# initialisation and lease heartbeat, Pending -> Running, and deletion. Not `pod/fast/pod-complete`.
+# initialisation and lease heartbeat, Pending -> Running, deletion, and fake PVC provisioning and
+# binding (for the `kwok-volume` StorageClass below). Not `pod/fast/pod-complete`: tests decide.
 UPSTREAM_STAGE_FILES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
     "pod/fast/pod-ready.yaml",
     "pod/fast/pod-delete.yaml",
     "pod/chaos/pod-container-running-failed.yaml",
+    "volume/fast/pvc-provision.yaml",
+    "volume/fast/pv-bind.yaml",
+    "volume/fast/pvc-delete.yaml",
+    "volume/fast/pv-delete.yaml",
 )
+# Cluster objects (not Stages) applied once kwok runs: the default StorageClass its volume Stages serve.
+UPSTREAM_OBJECT_FILES = ("volume/fast/storage-class.yaml",)

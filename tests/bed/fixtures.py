@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codeground.operator.testbed import ControlPlane, MinioServer, TestbedError, find_binaries
 
+from codeground.operator.testbed import ControlPlane, MinioServer, TestbedError, find_binaries
 from tests.bed.kubelet import HarnessKubelet
 
 _counter = itertools.count()

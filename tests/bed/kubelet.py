@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codeground.operator.testbed_assets import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, OUTCOME_ANNOTATION
 from kubernetes import client
+
+from codeground.operator.testbed_assets import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, OUTCOME_ANNOTATION
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from codeground.operator.testbed import ControlPlane, _alive, add_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def job_pod(kube: Any, ns: str, job: str, phase: str | None = None) -> dict[str,
 pytestmark = pytest.mark.cluster
 
 
-def test_kubectl_apply_crds(kube_cluster: Any, kube_namespace: str) -> None:
+def test_kubectl_apply_of_a_crd_and_its_objects(kube_cluster: Any, kube_namespace: str) -> None:
     kube_cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)
     kube_cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.testbed.codeground.dev", "--timeout=60s")
     widget = {"apiVersion": "testbed.codeground.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
@@ -88,9 +89,14 @@ def test_kubectl_apply_crds(kube_cluster: Any, kube_namespace: str) -> None:
     bad = {**widget, "metadata": {"name": "bad"}, "spec": {"size": 0}}
     rejected = kube_cluster.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(bad), check=False)
     assert rejected.returncode != 0 and "spec.size" in rejected.stderr
-    # The project's own CRDs, when generated (crds/*.yaml), must apply too.
-    for crd in sorted((REPO / "crds").glob("*.yaml")):
-        kube_cluster.kubectl("apply", "--server-side", "-f", str(crd))
+
+
+@pytest.mark.parametrize("crd", sorted((REPO / "crds").glob("*.yaml")), ids=lambda p: p.name)
+def test_project_crds_apply(kube_cluster: Any, crd: Path) -> None:
+    """The generated CRDs in crds/ are accepted by a real API server and become Established."""
+    kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    name = json.loads(kube_cluster.kubectl("create", "--dry-run=client", "-o", "json", "-f", str(crd)).stdout)["metadata"]["name"]
+    kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
 
 def test_job_with_8_gpus_is_scheduled_on_a_kwok_gpu_node_and_succeeds(kube_cluster: Any, kube_namespace: str) -> None:
@@ -174,7 +180,9 @@ def test_harness_kubelet_runs_the_pods_command(kube_cluster: Any, kube_namespace
     kube_cluster.kubectl("create", "configmap", "greeting", "-n", ns,
                          "--from-literal=greeting.txt=hello", "--from-literal=suffix=!")
     kube_cluster.kubectl("create", "secret", "generic", "token", "-n", ns, "--from-literal=token=s3cr3t")
-    items = [harness_pod("ok", 0), harness_pod("bad", 3)]
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "results"},
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    items = [pvc, harness_pod("ok", 0), harness_pod("bad", 3)]
     kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     with kube_cluster.kubelet(ns, label_selector="harness=yes") as kubelet:
         def phases() -> dict[str, str] | None:
