@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SANDBOX_UID = 65534  # "nobody": rlimits only hold for an unprivileged user
 SCRATCH = "/tmp"
+OUTDIR = "/.output"  # a separate small tmpfs for spooled descriptor-level output (see worker.py)
 WORKER_SOURCE = (Path(__file__).with_name("worker.py")).read_text()
 INSTALL_HINT = (
     "gVisor's runsc was not found. Install it with `sudo apt-get install -y runsc` (Debian/Ubuntu; "
@@ -69,13 +70,18 @@ def sandbox_env() -> dict[str, str]:
     }
 
 
-def worker_argv(python: str, config: SandboxConfig, scratch: str) -> list[str]:
+def worker_argv(python: str, config: SandboxConfig, scratch: str, outdir: str | None = None) -> list[str]:
     """The interpreter command: isolated mode (-I: no env vars, no user site), no bytecode writes."""
     import json
 
-    settings = {"scratch": scratch, "echo_last_expression": config.echo_last_expression,
+    settings = {"scratch": scratch, "outdir": outdir, "echo_last_expression": config.echo_last_expression,
                 "traceback_frames": config.traceback_frames}
     return [python, "-I", "-B", "-c", WORKER_SOURCE, json.dumps(settings)]
+
+
+def output_spool_bytes(config: SandboxConfig) -> int:
+    """Room for spooled stdout+stderr: more than the cap, so the cap (not ENOSPC) decides truncation."""
+    return 4 * config.max_output_bytes + (1 << 20)
 
 
 def python_binds() -> list[str]:
@@ -103,6 +109,8 @@ def build_oci_spec(config: SandboxConfig, *, args: list[str], binds: list[str], 
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": SCRATCH, "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777", f"size={config.scratch_bytes}"]},
+        {"destination": OUTDIR, "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", f"size={output_spool_bytes(config)}"]},
     ]
     for path in ["/usr", "/lib", "/lib64", *binds]:
         mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]})
@@ -163,7 +171,7 @@ class RunscLauncher:
         self.state = os.path.join(workdir, "runsc-state")
         self.bundle = os.path.join(workdir, "bundle")
         binds = python_binds()
-        spec = build_oci_spec(config, args=worker_argv(sys.executable, config, SCRATCH), binds=binds)
+        spec = build_oci_spec(config, args=worker_argv(sys.executable, config, SCRATCH, OUTDIR), binds=binds)
         ensure_bundle(self.bundle, spec)
         os.makedirs(self.state, mode=0o700, exist_ok=True)
         log.info("gVisor bundle at %s (binds: %s)", self.bundle, ", ".join(binds))

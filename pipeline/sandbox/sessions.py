@@ -29,7 +29,7 @@ from .pool import WarmPool
 
 log = logging.getLogger(__name__)
 
-TRUNCATION_MARKER = "\n[output truncated: {shown} of {total} bytes shown]\n"
+TRUNCATION_MARKER = "\n[output truncated: only the first {shown} bytes are shown]\n"
 
 
 class SessionLimitError(CodegroundError):
@@ -71,7 +71,7 @@ def shape_reply(raw: dict[str, Any], max_output: int, duration: float) -> dict[s
     status = raw.get("status", "error")
     if dropped:
         shown = len(stdout.encode()) + len(stderr.encode())
-        stdout += TRUNCATION_MARKER.format(shown=shown, total=shown + dropped)
+        stdout += TRUNCATION_MARKER.format(shown=shown)
         if status == "ok":
             status = "output_truncated"
     return {

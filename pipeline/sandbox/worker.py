@@ -16,7 +16,8 @@ Output: `sys.stdout`/`sys.stderr` are replaced at each call by in-memory capture
 which matters under gVisor). A write is kept only if it comes from the main thread or from a thread
 started during this call; writes by threads left over from earlier calls, or after the call returned,
 are dropped. Descriptor-level output (subprocesses, `os.write(1, ...)`) goes to unlinked scratch files
-read back after the call. Processes started by a cell are killed when the cell ends. stdin is /dev/null.
+read back after the call; they live on their own small tmpfs, so
+a cell that fills the scratch dir does not break the next cell's output. Processes started by a cell are killed when the cell ends. stdin is /dev/null.
 
 What it does not guarantee: ordering between Python-level and descriptor-level output (Python's comes
 first); that a cell cannot wedge its own session (a busy background thread, a patched stdlib) -- the
@@ -41,6 +42,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
 
     settings = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     scratch = settings.get("scratch", "/tmp")
+    outdir = settings.get("outdir") or scratch  # where descriptor-level output is spooled
     echo_last = bool(settings.get("echo_last_expression", True))
     tb_frames = int(settings.get("traceback_frames", 8))
 
@@ -74,7 +76,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     _dup2(devnull, 0)
 
     def _scratch_file() -> int:
-        fd = _open(scratch, os.O_TMPFILE | os.O_RDWR, 0o600) if hasattr(os, "O_TMPFILE") else -1
+        fd = _open(outdir, os.O_TMPFILE | os.O_RDWR, 0o600) if hasattr(os, "O_TMPFILE") else -1
         return fd
 
     out_files = []
@@ -83,7 +85,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
             fd = _scratch_file()
         except OSError:
             import tempfile
-            fd, path = tempfile.mkstemp(dir=scratch)
+            fd, path = tempfile.mkstemp(dir=outdir)
             os.unlink(path)
         out_files.append(fd)
         _dup2(fd, target)
