@@ -30,7 +30,9 @@ export GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { echo "[build-binaries] $*" >&2; }
 have() { [ -x "$BIN/$1" ]; }
+built=0
 need_go() {
+  built=1
   command -v go >/dev/null || { log "Go is not installed (need >= 1.26 for kwok v$KWOK_VERSION and helm v$HELM_VERSION); install it or set CODEGROUND_BIN_DIR to prebuilt binaries"; exit 3; }
 }
 
@@ -128,7 +130,7 @@ for c in "${components[@]}"; do
     minio) goinstall minio github.com/minio/minio@$MINIO_VERSION ;;
     *) echo "unknown component $c (expected etcd kube kwok helm minio)" >&2; exit 2 ;;
   esac
-  log "$c ready in $(( $(date +%s) - start ))s"
+  [ "$built" = 1 ] && log "$c ready in $(( $(date +%s) - start ))s"
 done
-log "all requested components ready in $(( $(date +%s) - total ))s"
+if [ "$built" = 1 ]; then log "all requested components ready in $(( $(date +%s) - total ))s"; fi
 echo "$BIN"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -79,64 +80,78 @@ class HarnessKubelet:
         self._thread.join()
         self._pool.shutdown(wait=True)
 
+    def _read(self, kind: str, name: str) -> dict[str, Any]:
+        """The ConfigMap or Secret `name` as a plain dict (Secret values base64-decoded to bytes)."""
+        if kind == "configmap":
+            resp: Any = self.core.read_namespaced_config_map(name, self.namespace, _preload_content=False)
+            obj = json.loads(resp.data)
+            return {**obj.get("data", {}), **{k: base64.b64decode(v) for k, v in obj.get("binaryData", {}).items()}}
+        raw: Any = self.core.read_namespaced_secret(name, self.namespace, _preload_content=False)
+        return {k: base64.b64decode(v) for k, v in json.loads(raw.data).get("data", {}).items()}
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
+                resp: Any = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=self.label_selector, _preload_content=False
+                )
+                pods = json.loads(resp.data)["items"]
             except Exception as e:  # the API may be restarting; keep polling
                 log.warning("harness kubelet: listing pods failed: %s", e)
                 pods = []
             for pod in pods:
-                ann = pod.metadata.annotations or {}
-                if (pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
-                        and OUTCOME_ANNOTATION not in ann and pod.metadata.uid not in self._seen):
-                    self._seen.add(pod.metadata.uid)
+                meta = pod["metadata"]
+                if (pod.get("status", {}).get("phase") == "Running" and "deletionTimestamp" not in meta
+                        and OUTCOME_ANNOTATION not in meta.get("annotations", {}) and meta["uid"] not in self._seen):
+                    self._seen.add(meta["uid"])
                     self._pool.submit(self._run_and_report, pod)
             self._stop.wait(self.poll)
 
-    def _run_and_report(self, pod: client.V1Pod) -> None:
+    def _run_and_report(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
         try:
             run = self.run_pod(pod)
         except Exception as e:  # a harness bug must still end the pod, or the test waits forever
-            log.exception("harness kubelet: running pod %s failed", pod.metadata.name)
-            run = PodRun(pod.metadata.name, 128, {}, f"harness kubelet error: {e}")
-        self.runs[pod.metadata.name] = run
+            log.exception("harness kubelet: running pod %s failed", name)
+            run = PodRun(name, 128, {}, f"harness kubelet error: {e}")
+        self.runs[name] = run
         outcome = "Succeeded" if run.exit_code == 0 else "Failed"
         body = {"metadata": {"annotations": {
             OUTCOME_ANNOTATION: outcome, EXIT_CODE_ANNOTATION: str(run.exit_code), MESSAGE_ANNOTATION: run.message,
         }}}
         with contextlib.suppress(client.ApiException):  # pod deleted meanwhile
-            self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, body)
+            self.core.patch_namespaced_pod(name, self.namespace, body)
 
     # --- running one pod -------------------------------------------------------------------
 
-    def run_pod(self, pod: client.V1Pod) -> PodRun:
-        """Run every container of `pod` concurrently; the pod fails if any container exits non-zero."""
-        root = self.workdir / self.namespace / f"{pod.metadata.name}-{pod.metadata.uid[:8]}"
-        volumes = self._volumes(pod, root / "volumes")
-        if missing := [c.name for c in pod.spec.containers if not c.command]:
-            return PodRun(pod.metadata.name, 126, {}, f"containers {missing}: the harness kubelet needs an explicit command")
+    def run_pod(self, pod: dict[str, Any]) -> PodRun:
+        """Run every container of `pod` (a Pod as a dict) concurrently; it fails if any exits non-zero."""
+        meta, spec = pod["metadata"], pod["spec"]
+        containers = spec["containers"]
+        if missing := [c["name"] for c in containers if not c.get("command")]:
+            return PodRun(meta["name"], 126, {}, f"containers {missing}: the harness kubelet needs an explicit command")
+        root = self.workdir / self.namespace / f"{meta['name']}-{meta['uid'][:8]}"
+        volumes = self._volumes(spec.get("volumes", []), root / "volumes")
         procs, logs = [], {}
-        for c in pod.spec.containers:
+        for c in containers:
             mounts = sorted(
-                ((m.mount_path.rstrip("/") or "/", volumes[m.name] / (m.sub_path or "")) for m in c.volume_mounts or []),
+                ((m["mountPath"].rstrip("/") or "/", volumes[m["name"]] / m.get("subPath", ""))
+                 for m in c.get("volumeMounts", []) if m["name"] in volumes),
                 key=lambda pair: -len(pair[0]),
             )
-            env = self._env(pod, c)
-            env = {k: _map_paths(v, mounts) for k, v in env.items()}
-            argv = [_expand(a, env) for a in [*(c.command or []), *(c.args or [])]]
-            argv = [_map_paths(a, mounts) for a in argv]
+            env = {k: _map_paths(v, mounts) for k, v in self._env(pod, c).items()}
+            argv = [_map_paths(_expand(a, env), mounts) for a in [*c["command"], *c.get("args", [])]]
             if argv[0] in ("python", "python3"):
                 argv[0] = sys.executable
-            cwd = Path(_map_paths(c.working_dir, mounts)) if c.working_dir else root / "cwd" / c.name
+            cwd = Path(_map_paths(c["workingDir"], mounts)) if c.get("workingDir") else root / "cwd" / c["name"]
             cwd.mkdir(parents=True, exist_ok=True)
-            logs[c.name] = root / f"{c.name}.log"
+            logs[c["name"]] = root / f"{c['name']}.log"
             base = dict(os.environ) if self.inherit_env else {"PATH": os.environ.get("PATH", "")}
-            base["HOSTNAME"] = pod.metadata.name
-            with logs[c.name].open("wb") as out:
+            base["HOSTNAME"] = meta["name"]
+            with logs[c["name"]].open("wb") as out:
                 procs.append(subprocess.Popen(argv, cwd=cwd, env={**base, **env}, stdout=out,
                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        deadline = time.monotonic() + float(pod.spec.active_deadline_seconds or self.timeout)
+        deadline = time.monotonic() + float(spec.get("activeDeadlineSeconds") or self.timeout)
         codes = []
         for p in procs:
             try:
@@ -148,72 +163,71 @@ class HarnessKubelet:
         code = next((c for c in codes if c != 0), 0)
         message = ""
         if code:
-            failed = pod.spec.containers[codes.index(code)].name
+            failed = containers[codes.index(code)]["name"]
             message = "\n".join(logs[failed].read_text(errors="replace").splitlines()[-20:])[-2000:]
-        return PodRun(pod.metadata.name, code, logs, message)
+        return PodRun(meta["name"], code, logs, message)
 
-    def _volumes(self, pod: client.V1Pod, root: Path) -> dict[str, Path]:
+    def _volumes(self, volumes: list[dict[str, Any]], root: Path) -> dict[str, Path]:
         out: dict[str, Path] = {}
-        for v in pod.spec.volumes or []:
-            d = root / v.name
-            if v.config_map is not None:
-                cm = self.core.read_namespaced_config_map(v.config_map.name, self.namespace)
-                _write_items(d, {**(cm.data or {})}, v.config_map.items)
-            elif v.secret is not None:
-                s = self.core.read_namespaced_secret(v.secret.secret_name, self.namespace)
-                _write_items(d, {k: base64.b64decode(x) for k, x in (s.data or {}).items()}, v.secret.items)
-            elif v.host_path is not None:
-                d = Path(v.host_path.path)
-            elif v.persistent_volume_claim is not None:
-                d = self.workdir / "pvc" / self.namespace / v.persistent_volume_claim.claim_name
-            # emptyDir and anything else: an empty directory
+        for v in volumes:
+            d = root / v["name"]
+            if "configMap" in v or "secret" in v:
+                kind, src = ("configmap", v["configMap"]) if "configMap" in v else ("secret", v["secret"])
+                try:
+                    data = self._read(kind, src.get("name") or src["secretName"])
+                except client.ApiException as e:
+                    if e.status != 404 or not src.get("optional"):
+                        raise
+                    data = {}
+                _write_items(d, data, src.get("items"))
+            elif "hostPath" in v:
+                d = Path(v["hostPath"]["path"])
+            elif "persistentVolumeClaim" in v:
+                d = self.workdir / "pvc" / self.namespace / v["persistentVolumeClaim"]["claimName"]
+            # emptyDir, projected (the service-account token) and the rest: an empty directory
             d.mkdir(parents=True, exist_ok=True)
-            out[v.name] = d
+            out[v["name"]] = d
         return out
 
-    def _env(self, pod: client.V1Pod, c: client.V1Container) -> dict[str, str]:
+    def _env(self, pod: dict[str, Any], c: dict[str, Any]) -> dict[str, str]:
         env: dict[str, str] = {}
-        for src in c.env_from or []:
-            if src.config_map_ref is not None:
-                data = self.core.read_namespaced_config_map(src.config_map_ref.name, self.namespace).data or {}
-            else:
-                raw = self.core.read_namespaced_secret(src.secret_ref.name, self.namespace).data or {}
-                data = {k: base64.b64decode(x).decode() for k, x in raw.items()}
-            env |= {f"{src.prefix or ''}{k}": v for k, v in data.items()}
-        for e in c.env or []:
-            if e.value_from is None:
-                env[e.name] = _expand(e.value or "", env)
-            elif (ref := e.value_from.config_map_key_ref) is not None:
-                env[e.name] = (self.core.read_namespaced_config_map(ref.name, self.namespace).data or {})[ref.key]
-            elif (ref := e.value_from.secret_key_ref) is not None:
-                raw = (self.core.read_namespaced_secret(ref.name, self.namespace).data or {})[ref.key]
-                env[e.name] = base64.b64decode(raw).decode()
-            elif (ref := e.value_from.field_ref) is not None:
-                env[e.name] = _field(pod, ref.field_path)
+        for src in c.get("envFrom", []):
+            kind, ref = ("configmap", src["configMapRef"]) if "configMapRef" in src else ("secret", src["secretRef"])
+            env |= {f"{src.get('prefix', '')}{k}": _text(v) for k, v in self._read(kind, ref["name"]).items()}
+        for e in c.get("env", []):
+            vf = e.get("valueFrom")
+            if vf is None:
+                env[e["name"]] = _expand(e.get("value", ""), env)
+            elif "configMapKeyRef" in vf:
+                env[e["name"]] = _text(self._read("configmap", vf["configMapKeyRef"]["name"])[vf["configMapKeyRef"]["key"]])
+            elif "secretKeyRef" in vf:
+                env[e["name"]] = _text(self._read("secret", vf["secretKeyRef"]["name"])[vf["secretKeyRef"]["key"]])
+            elif "fieldRef" in vf:
+                env[e["name"]] = _field(pod, vf["fieldRef"]["fieldPath"])
         return env
 
 
-def _write_items(d: Path, data: dict[str, Any], items: list[Any] | None) -> None:
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _write_items(d: Path, data: dict[str, Any], items: list[dict[str, str]] | None) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    for key, path in ([(i.key, i.path) for i in items] if items else [(k, k) for k in data]):
+    for key, path in ([(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]):
         f = d / path
         f.parent.mkdir(parents=True, exist_ok=True)
         value = data[key]
         f.write_bytes(value if isinstance(value, bytes) else str(value).encode())
 
 
-def _field(pod: client.V1Pod, path: str) -> str:
-    simple = {
-        "metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
-        "metadata.uid": pod.metadata.uid, "spec.nodeName": pod.spec.node_name,
-        "spec.serviceAccountName": pod.spec.service_account_name, "status.podIP": pod.status.pod_ip,
-        "status.hostIP": pod.status.host_ip,
-    }
-    if path in simple:
-        return str(simple[path] or "")
+def _field(pod: dict[str, Any], path: str) -> str:
+    """The downward-API value of `path` (metadata.name, spec.nodeName, metadata.labels['k'], ...)."""
     if m := re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path):
-        return str((getattr(pod.metadata, m.group(1)) or {}).get(m.group(2), ""))
-    return ""
+        return str(pod["metadata"].get(m.group(1), {}).get(m.group(2), ""))
+    node: Any = pod
+    for part in path.split("."):
+        node = node.get(part, "") if isinstance(node, dict) else ""
+    return str(node)
 
 
 def _expand(s: str, env: dict[str, str]) -> str:
