@@ -230,3 +230,17 @@ def test_dev_cluster_up_status_down(
     assert dev("down") == 0
     assert not any(_alive(p["pid"]) for p in state["processes"].values())
     assert dev("status") == 1
+
+
+def test_helm_installs_a_chart_with_a_kube_version_constraint(kube_cluster: Any, kube_namespace: str, tmp_path: Path) -> None:
+    """helm reads the server's version (set by the build's -X flags) and installs into the bed."""
+    chart = tmp_path / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny}\ndata: {release: {{ .Release.Name | quote }}}\n"
+    )
+    kube_cluster.helm("install", "t1", str(chart), "-n", kube_namespace, "--wait", "--timeout=60s")
+    assert get(kube_cluster, kube_namespace, "configmap", "tiny")["data"]["release"] == "t1"
+    server = json.loads(kube_cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
+    assert server["gitVersion"].startswith("v1.35.")
