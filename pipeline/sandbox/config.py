@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from codeground.pipeline.errors import CodegroundError
 
@@ -89,7 +89,7 @@ class SandboxConfig:
                 f"sandbox.warm_pool: {self.warm_pool} exceeds max_sessions={self.max_sessions}; lower it")
 
     # camelCase name in a Sandbox spec's `limits` -> (field, converter)
-    _LIMIT_KEYS = {
+    _LIMIT_KEYS: ClassVar[dict[str, tuple[str, Any]]] = {
         "timeoutSeconds": ("timeout_seconds", float),
         "memory": ("memory_bytes", parse_quantity),
         "maxProcesses": ("max_processes", int),

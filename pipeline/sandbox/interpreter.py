@@ -53,10 +53,8 @@ class InterpreterDied(Exception):
 
 def _child_setup(rlimits: dict[int, int] | None) -> None:
     """Runs in the child between fork and exec: die with the service, apply unsafe-mode rlimits."""
-    try:
+    with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:
-        pass
     for kind, value in (rlimits or {}).items():
         resource.setrlimit(kind, (value, value))
 

@@ -100,6 +100,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._pending = 0  # creations in flight count against the cap too
+        self._teardowns: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._reaper = asyncio.ensure_future(self._reap_loop())
@@ -157,7 +158,9 @@ class SessionManager:
 
     async def _replace(self, session: Session, reason: str) -> None:
         old = session.interpreter
-        asyncio.ensure_future(old.kill())  # tear-down in the background; the reply need not wait
+        task = asyncio.ensure_future(old.kill())  # tear-down in the background; the reply need not wait
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
         session.interpreter, _ = await self.pool.acquire()
         session.restarts += 1
         self.metrics.restarts.labels(reason=reason).inc()

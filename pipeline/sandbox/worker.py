@@ -26,6 +26,8 @@ host's timeout and restart are the backstop; any security: the sandbox around it
 
 from __future__ import annotations
 
+# ruff: noqa: SIM105 -- plain try/except on purpose: no contextlib frames in the hot path of every cell
+
 
 def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference below is private to it
     import ast
