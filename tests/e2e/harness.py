@@ -158,6 +158,9 @@ class E2EKubelet(HarnessKubelet):
             for remote, local in self.service_urls.items():
                 if remote in value:
                     env[key] = value.replace(remote, local)
+        # The image's `codeground` is this environment's console script (pytest may run without the
+        # venv on PATH).
+        env.setdefault("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         root = self._pod_root(pod)
         root.mkdir(parents=True, exist_ok=True)
         env["CODEGROUND_TERMINATION_LOG"] = str(root / f"{c.name}.termination-log")

@@ -89,15 +89,15 @@ def run_doc(name: str, model: str, endpoint: str) -> dict[str, Any]:
             "sandbox": {"name": "interpreter"},
             "stages": [
                 {"name": "distill", "type": "distill", "distill": {
-                    "dataset": "arith", "shots": 0, "samplesPerProblem": 1, "maxTokens": 32, **steps,
+                    "dataset": "arith", "shots": 0, "samplesPerProblem": 1, "maxTokens": 640, **steps,
                     "filters": {"requireCorrect": False, "requireAllCodeRuns": False, "minCodeBlocks": 0,
                                 "maxNaturalLanguageFraction": 1.0}}},
-                {"name": "sft", "type": "sft", "sft": {"batchSize": 2, "epochs": 1, "maxLength": 256}},
+                {"name": "sft", "type": "sft", "sft": {"batchSize": 2, "epochs": 1, "maxLength": 1024}},
                 {"name": "grpo", "type": "grpo", "grpo": {
                     "dataset": "arith", "numGenerations": 2, "promptsPerStep": 2, "checkpointEvery": 1,
-                    "curriculum": [{"steps": 1, "maxLength": 32, "maxToolCalls": 1}]}},
+                    "curriculum": [{"steps": 1, "maxLength": 640, "maxToolCalls": 1}]}},
                 {"name": "evaluate", "type": "evaluate", "evaluate": {
-                    "benchmarks": ["bench"], "samples": 1, "maxTokens": 32, **steps}},
+                    "benchmarks": ["bench"], "samples": 1, "maxTokens": 640, **steps}},
             ],
             "artifacts": {"uri": f"s3://{BUCKET}/runs", "endpoint": f"http://{endpoint}",
                           "credentialsSecret": "codeground-s3"},
@@ -239,7 +239,8 @@ def _drive_run(sh: Session, kube_cluster: Any, core: Any, custom: Any, run_ns: s
                 return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
 
             def detail() -> str:
-                logs = "\n".join(f"--- {name} (exit {r.exit_code})\n{r.output()[-3000:]}" for name, r in kubelet.runs.items())
+                logs = "\n".join(f"--- {name} (exit {r.exit_code}) {r.message[-2000:]}\n"
+                                 + (r.output()[-3000:] if r.logs else "") for name, r in kubelet.runs.items())
                 return sh("describe") + logs
 
             run = _wait("the run to finish", finished, 1500, detail)
