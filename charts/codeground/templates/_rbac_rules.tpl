@@ -1,54 +1,52 @@
 {{/*
-The operator's least privileges, kept identical to operator/rbac.yaml (tests/chart checks it).
-"cluster" rules are for cluster-scoped reads kopf needs; "namespaced" rules go into a ClusterRole
-when every namespace is watched, or into a Role in operator.watchNamespace when only that one is watched.
+The operator's least privileges: exactly the rules of operator/rbac.yaml (tests/chart compares them),
+which tests/operator/test_rbac_cluster.py proves sufficient by running a whole run with only these.
+All are namespaced (kopf's cluster-wide scanning is off), so they go into a ClusterRole when every
+namespace is watched, or into a Role in operator.watchNamespace when only that one is.
 */}}
-{{- define "codeground.rbac.clusterRules" -}}
-# kopf discovers the CRDs it serves.
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
-# kopf follows namespaces when it watches several.
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [get, list, watch]
-{{- end -}}
-
-{{- define "codeground.rbac.namespacedRules" -}}
+{{- define "codeground.rbac.rules" -}}
+# Watch the API objects; read one fresh before each reconcile; list runs to size a Sandbox's pool.
 - apiGroups: [codeground.dev]
   resources: [trainingruns, sandboxes]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
+# Status is the operator's only write to them (no finalizers, no kopf state annotations).
 - apiGroups: [codeground.dev]
   resources: [trainingruns/status, sandboxes/status]
-  verbs: [get, patch]
+  verbs: [patch]
+# One Job per stage attempt; patch = suspend/resume; deletecollection = ttlSecondsAfterFinished.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete, deletecollection]
-# patch: stage pods report progress on their own Pod through a Role the operator creates, and RBAC
-# lets the operator grant only what it holds itself.
+  verbs: [list, watch, create, patch, deletecollection]
+# list/watch: termination messages and the progress annotation. get/patch are not used by the
+# operator itself: RBAC lets it grant the `codeground-stage` Role (get/patch pods) only if it holds them.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
+# The run spec ConfigMap: read to compare, created once, replaced when an accepted spec changes.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, create, update]
+# Headless Services of multi-node stages and Sandbox pools (create-if-absent).
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
-# The per-namespace `codeground-stage` ServiceAccount, Role and RoleBinding.
+  verbs: [create]
+# The per-namespace `codeground-stage` ServiceAccount, Role and RoleBinding (create-if-absent).
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create]
+  verbs: [create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create]
+  verbs: [create]
+# Sandbox pools: read status, create, patch replicas and template.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
+# Default-deny NetworkPolicy of each pool (create-if-absent).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, create, patch, delete]
-- apiGroups: ["", events.k8s.io]
+  verbs: [create]
+# Events on every transition (the operator's and kopf's own warnings).
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}
