@@ -56,11 +56,13 @@ class OperatorProcess:
                     **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> OperatorProcess:
+    def start(self, namespace: str | None = None) -> OperatorProcess:
+        """Start it watching every namespace, or only ``namespace``."""
         log = self.log_path.open("ab")
+        scope = [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from codeground.pipeline.cli import main; main()", "operator", "run",
-             "--all-namespaces", f"--kubeconfig={self.kubeconfig}", "--metrics-port=0", "--liveness="],
+             *scope, f"--kubeconfig={self.kubeconfig}", "--metrics-port=0", "--liveness="],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(REPO / "tests"),
         )
         return self
