@@ -1,7 +1,8 @@
 """The chart's rendered objects against the real API server's schemas (the test bed's kube-apiserver).
 
 `kubectl apply --dry-run=server` runs every object through the API server's decoding with strict
-field validation, defaulting, admission and the CRDs' OpenAPI and CEL rules, without persisting it.
+field validation, defaulting, admission (Pod Security "restricted" included) and the CRDs' OpenAPI
+and CEL rules, without persisting it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ def test_rendered_chart_passes_server_side_validation(kube_cluster, kube_namespa
     # watchNamespace must name a namespace that exists for its Role to validate: use the test's own.
     extra = ["--set", f"operator.watchNamespace={kube_namespace}"] if values else []
     manifest = template_text(*values, *extra, namespace=kube_namespace)
+    # Pod Security Admission warns about workloads whose pods would break the "restricted" profile.
+    kube_cluster.kubectl("label", "namespace", kube_namespace, "pod-security.kubernetes.io/warn=restricted",
+                         "pod-security.kubernetes.io/enforce=restricted")
     p = kube_cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=manifest, check=False)
     assert p.returncode == 0, p.stderr
+    assert "PodSecurity" not in p.stderr, p.stderr
     applied = p.stdout
     assert "deployment.apps/" in applied
     if not values:
