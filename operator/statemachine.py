@@ -279,9 +279,9 @@ def _transition_events(run: api.TrainingRun, prev: api.TrainingRunStatus, st: ap
                                 f"is running (attempt {s.attempts})"))
         elif s.phase == "Running" and s.message and s.message != o.message:
             events.append(Event("Warning", "StageAttemptFailed", f"stage {s.name}: {s.message}; retrying with backoff"))
-        if s.phase != o.phase and s.phase == "Succeeded":
-            events.append(Event("Normal", "StageSucceeded", f"stage {s.name} succeeded" +
-                                (f"; artifacts at {s.artifact_uri}" if s.artifact_uri else "")))
+        if s.phase != o.phase and s.phase == "Succeeded":  # before the next stage's start
+            events.insert(0, Event("Normal", "StageSucceeded", f"stage {s.name} succeeded" +
+                                   (f"; artifacts at {s.artifact_uri}" if s.artifact_uri else "")))
         if s.phase != o.phase and s.phase == "Failed":
             events.append(Event("Warning", "StageFailed", f"stage {s.name}: {s.message}"))
     for job, suspend in plan.suspend:
