@@ -105,7 +105,7 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns", registry=registry)
-def on_run(type: str, body: Any, namespace: str, name: str, memo: Any, **_: Any) -> None:
+def on_run(type: str, body: Any, namespace: Any, name: str, memo: Any, **_: Any) -> None:
     state = _state(memo)
     key: Key = ("TrainingRun", namespace, name)
     if type == "DELETED":
@@ -121,7 +121,7 @@ def on_run(type: str, body: Any, namespace: str, name: str, memo: Any, **_: Any)
 
 
 @kopf.on.event(GROUP, VERSION, "sandboxes", registry=registry)
-def on_sandbox(type: str, body: Any, namespace: str, name: str, memo: Any, **_: Any) -> None:
+def on_sandbox(type: str, body: Any, namespace: Any, name: str, memo: Any, **_: Any) -> None:
     state = _state(memo)
     key: Key = ("Sandbox", namespace, name)
     if type == "DELETED":
@@ -133,7 +133,7 @@ def on_sandbox(type: str, body: Any, namespace: str, name: str, memo: Any, **_: 
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={L.RUN_LABEL: kopf.PRESENT}, registry=registry)
-def on_job(type: str, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+def on_job(type: str, body: Any, namespace: Any, labels: Any, memo: Any, **_: Any) -> None:
     state = _state(memo)
     status = body.get("status") or {}
     conds = tuple(sorted((c.get("type"), c.get("status")) for c in status.get("conditions") or []))
@@ -146,7 +146,7 @@ def on_job(type: str, body: Any, namespace: str, labels: Any, memo: Any, **_: An
 
 
 @kopf.on.event("", "v1", "pods", labels={L.RUN_LABEL: kopf.PRESENT}, registry=registry)
-def on_stage_pod(type: str, body: Any, namespace: str, labels: Any, annotations: Any, memo: Any, **_: Any) -> None:
+def on_stage_pod(type: str, body: Any, namespace: Any, labels: Any, annotations: Any, memo: Any, **_: Any) -> None:
     """Only a stage's progress annotation matters here; Job events cover pod completion."""
     state = _state(memo)
     if type == "DELETED":
@@ -158,7 +158,7 @@ def on_stage_pod(type: str, body: Any, namespace: str, labels: Any, annotations:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={L.SANDBOX_LABEL: kopf.PRESENT}, registry=registry)
-def on_pool(type: str, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+def on_pool(type: str, body: Any, namespace: Any, labels: Any, memo: Any, **_: Any) -> None:
     state = _state(memo)
     status = body.get("status") or {}
     fingerprint = json.dumps([type, body.get("spec", {}).get("replicas"), status.get("replicas"),

@@ -290,7 +290,8 @@ def _transition_events(run: api.TrainingRun, prev: api.TrainingRunStatus, st: ap
     if st.phase != prev.phase:
         reason = {"Succeeded": "RunSucceeded", "Failed": "RunFailed", "Suspended": "RunSuspended",
                   "Running": "RunRunning", "Pending": "RunPending"}[st.phase]
-        msg = {"Succeeded": "every stage succeeded", "Failed": get_condition(st, "Failed").message if get_condition(st, "Failed") else "",
+        failed = get_condition(st, "Failed")
+        msg = {"Succeeded": "every stage succeeded", "Failed": failed.message if failed else "",
                }.get(st.phase, f"phase {prev.phase} → {st.phase} (stage {st.current_stage})")
         events.append(Event("Warning" if st.phase == "Failed" else "Normal", reason, msg or st.phase))
     for type_ in ("SandboxReady", "SpecValid"):
