@@ -62,6 +62,14 @@ def local_sandbox(config: SandboxConfig | None = None, *, unsafe_no_isolation: b
                   start_timeout: float = 120.0) -> Iterator[str]:
     """Start `codeground sandbox serve` on 127.0.0.1 (free port) in a subprocess, wait for health,
     yield the base URL, stop it on exit."""
+    with local_server(config, unsafe_no_isolation=unsafe_no_isolation, start_timeout=start_timeout) as (_, url):
+        yield url
+
+
+@contextlib.contextmanager
+def local_server(config: SandboxConfig | None = None, *, unsafe_no_isolation: bool = False,
+                 start_timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Like :func:`local_sandbox`, also yielding the server process (benchmarks count its CPU)."""
     config = config or SandboxConfig()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -70,7 +78,7 @@ def local_sandbox(config: SandboxConfig | None = None, *, unsafe_no_isolation: b
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_ready(proc, url, log, start_timeout, need_boot=config.warm_pool > 0)
-            yield url
+            yield proc, url
         finally:
             stop_server(proc)
 

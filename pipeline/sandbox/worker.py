@@ -51,7 +51,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     # Private references: user code may rebind any of these module attributes without affecting us.
     _read, _write, _dup, _dup2, _open, _close = os.read, os.write, os.dup, os.dup2, os.open, os.close
     _fstat, _pread, _ftruncate, _lseek, _chdir = os.fstat, os.pread, os.ftruncate, os.lseek, os.chdir
-    _waitpid, _kill, _getpid = os.waitpid, os.kill, os.getpid
+    _waitpid, _kill, _getpid, _getcwd = os.waitpid, os.kill, os.getpid, os.getcwd
     _dumps = json.JSONEncoder(ensure_ascii=True, check_circular=False).encode
     _loads = json.loads
     _get_ident = threading.get_ident
@@ -92,6 +92,8 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
         out_files.append(fd)
         _dup2(fd, target)
     out_fd, err_fd = out_files
+    devnull_ino, out_ino, err_ino = (_fstat(fd).st_ino for fd in (devnull, out_fd, err_fd))
+    _chdir(scratch)
 
     # A cell that hits the file-size limit on its own output gets EFBIG instead of being killed.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -196,12 +198,8 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
         def text(self) -> str:
             return "".join(self._parts)
 
-    def drain_fd(fd: int, target: int, call: _Call) -> str:
-        """Read what processes wrote to descriptor `target` during the call, then empty the file."""
-        try:
-            size = _fstat(fd).st_size
-        except _OSError:
-            return ""
+    def drain_fd(fd: int, size: int, call: _Call) -> str:
+        """Read what processes wrote to the spool file `fd` during the call, then empty it."""
         if size:
             keep = _min(size, _max(call.budget, 0))
             data = _pread(fd, keep, 0) if keep else b""
@@ -212,15 +210,28 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
             return data.decode("utf-8", "backslashreplace")
         return ""
 
-    def restore_stdio() -> None:
-        # A cell may have closed or replaced descriptors 0-2 or left the cwd somewhere broken.
-        _dup2(devnull, 0)
-        _dup2(out_fd, 1)
-        _dup2(err_fd, 2)
+    def check_stdio() -> tuple:
+        """Repair descriptors 0-2 and the cwd if the cell broke them; return the spool files' sizes.
+
+        Checks cost one fstat per descriptor; repairs (dup2 is slow under gVisor) happen only when
+        needed. A cwd that still exists is kept, like a notebook; a deleted one goes back to scratch.
+        """
+        sizes = []
+        for target, fd, ino in ((0, devnull, devnull_ino), (1, out_fd, out_ino), (2, err_fd, err_ino)):
+            try:
+                st = _fstat(target)
+                intact = st.st_ino == ino
+            except _OSError:
+                intact = False
+            if not intact:
+                _dup2(fd, target)
+                st = _fstat(fd)
+            sizes.append(st.st_size)
         try:
-            _chdir(scratch)
+            _getcwd()  # fails once the cwd was deleted (stat(".") would not)
         except _OSError:
-            pass
+            _chdir(scratch)
+        return sizes[1], sizes[2]
 
     def reap_children() -> None:
         """Kill every process a cell left behind (we are the sandbox's init) and reap them."""
@@ -285,7 +296,6 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
         out, err = _Capture(call, 1), _Capture(call, 2)
         _sys.stdout, _sys.stderr = out, err
         _sys.stdin = _StringIO("")
-        restore_stdio()
         filename = f"<cell-{cell}>"
         _lcache[filename] = (_len(code), None, code.splitlines(True), filename)
         status, etype, emsg, tb_text, exc = "ok", None, None, None, None
@@ -311,8 +321,9 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
         if tb_text is None and etype is not None:
             tb_text = short_traceback(exc, "<cell-")
         reap_children()
-        stdout = out.text() + drain_fd(out_fd, 1, call)
-        stderr = err.text() + drain_fd(err_fd, 2, call)
+        out_size, err_size = check_stdio()
+        stdout = out.text() + drain_fd(out_fd, out_size, call)
+        stderr = err.text() + drain_fd(err_fd, err_size, call)
         return {
             "status": status,
             "stdout": stdout.encode("utf-8", "backslashreplace").decode("utf-8"),
