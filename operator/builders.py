@@ -23,6 +23,8 @@ from codeground.pipeline.specio import dump_object
 from . import labels as L
 from .config import OperatorConfig
 
+STAGE_USER = 10001
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -152,7 +154,9 @@ def build_stage_job(run: api.TrainingRun, stage_name: str, attempt: int, owner: 
         "restartPolicy": "Never",
         "serviceAccountName": L.STAGE_SERVICE_ACCOUNT,
         "enableServiceLinks": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # Pod Security "restricted": non-root (the `codeground` user of images/Dockerfile.trainer).
+        "securityContext": {"runAsNonRoot": True, "runAsUser": STAGE_USER, "fsGroup": STAGE_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [
             {"name": "spec", "configMap": {"name": L.spec_configmap_name(run.metadata.name)}},

@@ -27,7 +27,7 @@ from .config import OperatorConfig
 
 # Concurrent trajectories of a distill or evaluate stage (the rollout backends' default concurrency).
 ROLLOUT_CONCURRENCY = 64
-RUN_AS_USER = 65532  # "nonroot" in distroless-style images
+RUN_AS_USER = 10001  # the `sandbox` user of images/Dockerfile.sandbox
 
 
 def stage_sessions(stage: api.StageSpec) -> int:
@@ -71,7 +71,7 @@ def build_sandbox_deployment(sandbox: api.Sandbox, owner: Owner, config: Operato
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+            "runAsNonRoot": True, "runAsUser": RUN_AS_USER,
             "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "privileged": False,
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
         },
@@ -81,8 +81,8 @@ def build_sandbox_deployment(sandbox: api.Sandbox, owner: Owner, config: Operato
         "runtimeClassName": spec.runtime_class_name,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
-                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.scratch)}}],
     }

@@ -34,6 +34,9 @@ def test_job_name_labels_owner_and_gpu_requests(run, owner, config):
     assert c["resources"]["requests"] == c["resources"]["limits"]
     assert c["command"][-2:] == ["--stage", "sft"]
     assert c["image"] == "trainer:test"
+    psc = job["spec"]["template"]["spec"]["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["CODEGROUND_ARTIFACTS_URI"] == "s3://bucket/runs"
