@@ -37,8 +37,9 @@ STATE_FILE = "codeground_state.json"  # stage-specific state saved beside TRL's 
 def device_setup() -> dict[str, Any]:
     """Precision and distributed settings for TRL configs, from the hardware and torchrun's env.
 
-    GPU: bf16 and gradient checkpointing. CPU: fp32 (TRL's bf16 default fails on CPU) and no
-    gradient checkpointing (it only slows small models down). WORLD_SIZE / RANK / MASTER_ADDR come
+    GPU: bf16 and gradient checkpointing. CPU: bf16 autocast where the CPU has bf16 instructions
+    (avx512_bf16/amx, ~1.5x faster; ``CODEGROUND_CPU_BF16=0`` turns it off), else fp32; no gradient
+    checkpointing (it only slows small models down). WORLD_SIZE / RANK / MASTER_ADDR come
     from torchrun or the operator's indexed Job; accelerate reads them itself.
     """
     import torch
@@ -53,7 +54,7 @@ def device_setup() -> dict[str, Any]:
         "world_size": world,
         "rank": int(os.environ.get("RANK", "0")),
         "config": {
-            "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "bf16": bool(torch.cuda.is_bf16_supported()) if cuda else cpu_bf16(),
             "fp16": False,
             "activation_checkpointing": cuda,
             "use_cpu": not cuda,
@@ -64,6 +65,18 @@ def device_setup() -> dict[str, Any]:
             "save_only_model": False,
         },
     }
+
+
+def cpu_bf16() -> bool:
+    """Whether bf16 autocast pays off on this CPU (native bf16 dot products)."""
+    forced = os.environ.get("CODEGROUND_CPU_BF16")
+    if forced is not None:
+        return forced == "1"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def is_main_process() -> bool:
