@@ -91,12 +91,22 @@ class Generator:
         pass
 
 
-def _trim_to_block(tokenizer: Any, ids: list[int]) -> list[int]:
-    """The shortest prefix of ``ids`` whose text still contains the closed python block."""
-    k = len(ids)
-    while k > 1 and closes_block(tokenizer.decode(ids[: k - 1], skip_special_tokens=False)):
-        k -= 1
-    return ids[:k]
+def trim_to_block(tokenizer: Any, ids: list[int]) -> list[int]:
+    """The shortest prefix of ``ids`` whose text contains a closed python block (binary search:
+    containing a closed block is monotone in the prefix length); ``ids`` unchanged if none closes."""
+    def closed(k: int) -> bool:
+        return closes_block(tokenizer.decode(ids[:k], skip_special_tokens=False))
+
+    if not closed(len(ids)):
+        return ids
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if closed(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return ids[:lo]
 
 
 class _StopOnBlock:
@@ -210,7 +220,7 @@ class TransformersGenerator(Generator):
             if reason == "eos":
                 ids = ids[:-1]  # the end-of-turn token is not part of the text; encode_trajectory adds it back
             elif reason == "code":
-                ids = _trim_to_block(self.tokenizer, ids)
+                ids = trim_to_block(self.tokenizer, ids)
             results.append(GenResult(self.tokenizer.decode(ids, skip_special_tokens=False), ids, reason, n))
         return results
 
@@ -249,7 +259,7 @@ class VllmGenerator(Generator):
             elif c.stop_reason == FENCE_STOP or closes_block(text):
                 finish = "code" if closes_block(text, final=True) else "stop"
                 if finish == "code":
-                    ids = _trim_to_block(self.tokenizer, ids)
+                    ids = trim_to_block(self.tokenizer, ids)
                     text = self.tokenizer.decode(ids, skip_special_tokens=False)
             else:
                 finish = "eos"

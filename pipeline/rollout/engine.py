@@ -35,8 +35,8 @@ from typing import Any
 
 from ..errors import InfrastructureError
 from ..rewards import extract_boxed, is_equivalent
-from .backends import GenerationError, Generator, GenRequest, GenResult
-from .codeblocks import format_output, iter_blocks, split_prose_code
+from .backends import GenerationError, Generator, GenRequest, GenResult, trim_to_block
+from .codeblocks import first_closed_block, format_output, split_prose_code
 from .prompts import build_messages
 from .trajectory import Segment, Trajectory
 
@@ -341,10 +341,13 @@ class RolloutEngine:
                     break
                 if res.finish != "code":
                     continue  # a stop string that closed no python block: ask for more
+                self._cut_after_first_block(st)
                 if traj.tool_calls >= self.max_tool_calls:
                     traj.stop_reason = "max_tool_calls"
                     break
-                code = iter_blocks(traj.segments[-1].text)[-1].code
+                first = first_closed_block(traj.segments[-1].text)
+                assert first is not None  # finish == "code" means a block closed
+                code = first.code
                 self._tick()
                 self._executing += 1
                 self._retick()
@@ -401,6 +404,24 @@ class RolloutEngine:
             segs.append(Segment("model", res.text, token_ids=list(res.token_ids) if res.token_ids is not None else None))
         if st.ctx_ids is not None and res.token_ids is not None:
             st.ctx_ids.extend(res.token_ids)
+
+    def _cut_after_first_block(self, st: _State) -> None:
+        """Keep the turn only up to its first closed block: text after it (more blocks, a made-up
+        ```output) is never shown to the model nor executed. Backends already stop there; this guards
+        against endpoints that ignore stop strings."""
+        seg = st.traj.segments[-1]
+        block = first_closed_block(seg.text)
+        if block is None or block.end >= len(seg.text):
+            return
+        tok = self.generator.tokenizer
+        if seg.token_ids is not None and tok is not None:
+            n_before = len(seg.token_ids)
+            seg.token_ids = trim_to_block(tok, seg.token_ids)
+            seg.text = tok.decode(seg.token_ids, skip_special_tokens=False)
+            if st.ctx_ids is not None:
+                del st.ctx_ids[len(st.ctx_ids) - (n_before - len(seg.token_ids)):]
+        else:
+            seg.text = seg.text[: block.end]
 
     def _finish(self, traj: Trajectory) -> None:
         gen = self.generator

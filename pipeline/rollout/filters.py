@@ -9,7 +9,8 @@ trajectory gets the *first* failing check as its drop reason, in this order:
 3. ``incorrect`` — (``requireCorrect``) the final answer is not the reference.
 4. ``code_error`` — (``requireAllCodeRuns``) some executed cell did not run cleanly.
 5. ``too_few_code_blocks`` — fewer executed cells than ``minCodeBlocks``.
-6. ``too_much_natural_language`` — NL share of model tokens not below ``maxNaturalLanguageFraction``.
+6. ``too_much_natural_language`` — NL share of model tokens not below ``maxNaturalLanguageFraction``
+   (1.0 switches the check off).
 7. ``duplicate`` — (``dedupe``) same problem and same completion text as a trajectory kept earlier.
 
 :func:`drop_table` counts every check independently as well, so the table also says how many
@@ -45,7 +46,8 @@ def failed_checks(t: Trajectory, filters: Any) -> list[str]:
         out.append("code_error")
     if t.tool_calls < filters.min_code_blocks:
         out.append("too_few_code_blocks")
-    if t.nl_fraction() >= filters.max_natural_language_fraction:
+    limit = filters.max_natural_language_fraction
+    if limit < 1.0 and t.nl_fraction() >= limit:  # 1.0 switches the check off
         out.append("too_much_natural_language")
     return out
 
