@@ -56,8 +56,11 @@ class SandboxConfig:
     max_sessions: int = 64  # open sessions per server; one more gets 429 with Retry-After
     session_idle_seconds: float = 600.0  # a session unused this long is closed by the reaper
     warm_pool: int = 4  # interpreters started ahead of time so creating a session costs milliseconds
-    isolation: Literal["gvisor", "none"] = "gvisor"  # "none" only via --unsafe-no-isolation (debugging)
+    # "gvisor": a runsc sandbox per session (local); "pod": the pod runs under gVisor, sessions get their own
+    # uid in it (Kubernetes, where runsc cannot nest); "none": only via --unsafe-no-isolation (debugging)
+    isolation: Literal["gvisor", "pod", "none"] = "gvisor"
     echo_last_expression: bool = True  # like a notebook: a cell ending in an expression prints its repr
+    python_executable: str = ""  # interpreter of the sessions; "" = the service's own (with its packages)
     runsc_path: str = "runsc"  # the gVisor runtime binary (looked up on PATH)
     runsc_platform: str = "ptrace"  # gVisor platform; ptrace works in nested/unprivileged hosts
     max_code_bytes: int = 1 << 20  # largest accepted cell source
@@ -76,8 +79,9 @@ class SandboxConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise SandboxConfigError(f"sandbox.{name}: expected an integer >= 0, got {value!r}")
-        if self.isolation not in ("gvisor", "none"):
-            raise SandboxConfigError(f"sandbox.isolation: expected 'gvisor' or 'none', got {self.isolation!r}")
+        if self.isolation not in ("gvisor", "pod", "none"):
+            raise SandboxConfigError(
+                f"sandbox.isolation: expected 'gvisor', 'pod' or 'none', got {self.isolation!r}")
         if self.memory_bytes < 64 << 20:
             raise SandboxConfigError(
                 f"sandbox.memory_bytes: {self.memory_bytes} is too small for a Python interpreter; use >= 64Mi")

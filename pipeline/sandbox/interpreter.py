@@ -51,12 +51,20 @@ class InterpreterDied(Exception):
         self.returncode = returncode
 
 
-def _child_setup(rlimits: dict[int, int] | None) -> None:
-    """Runs in the child between fork and exec: die with the service, apply unsafe-mode rlimits."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _child_setup(rlimits: dict[int, int] | None, user: int | None) -> None:
+    """Runs in the child between fork and exec: rlimits, drop to `user`, then die with the service.
+
+    (uvloop's subprocess has no user=/group= arguments, hence by hand; PDEATHSIG last because
+    changing credentials clears it.)
+    """
     for kind, value in (rlimits or {}).items():
         resource.setrlimit(kind, (value, value))
+    if user is not None:
+        os.setgroups([])
+        os.setgid(user)
+        os.setuid(user)
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Interpreter:
@@ -75,10 +83,14 @@ class Interpreter:
     @classmethod
     async def start(cls, spec: LaunchSpec) -> Interpreter:
         t0 = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *spec.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=spec.env, cwd=spec.cwd,
-            preexec_fn=lambda: _child_setup(spec.unisolated_rlimits), start_new_session=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=spec.env, cwd=spec.cwd,
+                preexec_fn=lambda: _child_setup(spec.rlimits, spec.user), start_new_session=True)
+        except Exception as e:
+            _cleanup(spec)
+            raise InterpreterStartError(f"cannot start interpreter {spec.name}: {type(e).__name__}: {e}") from None
         self = cls(proc, spec)
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
         try:
@@ -166,10 +178,19 @@ class Interpreter:
             await asyncio.wait_for(self.proc.wait(), 10.0)
         if self._stderr_task is not None:
             self._stderr_task.cancel()
-        for pattern in self.spec.cleanup:
-            for path in glob.glob(pattern):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+        await asyncio.get_running_loop().run_in_executor(None, _cleanup, self.spec)
+
+
+def _cleanup(spec: LaunchSpec) -> None:
+    """Run once after an interpreter is gone: release its uid, delete its scratch and state files."""
+    on_exit, spec.on_exit = spec.on_exit, None
+    if on_exit is not None:
+        on_exit()
+    cleanup, spec.cleanup = spec.cleanup, []
+    for pattern in cleanup:
+        for path in glob.glob(pattern):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)

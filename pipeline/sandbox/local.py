@@ -31,7 +31,7 @@ _FLAGS = {  # SandboxConfig field -> `serve` flag
     "timeout_seconds": "--timeout-seconds", "memory_bytes": "--memory", "max_processes": "--max-processes",
     "max_output_bytes": "--max-output-bytes", "max_file_bytes": "--max-file-bytes",
     "scratch_bytes": "--scratch-bytes", "max_sessions": "--max-sessions",
-    "session_idle_seconds": "--session-idle-seconds", "warm_pool": "--warm-pool", "runsc_path": "--runsc",
+    "session_idle_seconds": "--session-idle-seconds", "warm_pool": "--warm-pool", "runsc_path": "--runsc", "python_executable": "--python",
     "runsc_platform": "--runsc-platform",
 }
 
@@ -54,6 +54,8 @@ def serve_argv(config: SandboxConfig, port: int, *, unsafe_no_isolation: bool = 
         argv.append("--no-echo-last-expression")
     if unsafe_no_isolation or config.isolation == "none":
         argv.append("--unsafe-no-isolation")
+    elif config.isolation == "pod":
+        argv += ["--isolation", "pod"]
     return argv
 
 

@@ -17,6 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from codeground.pipeline.errors import CodegroundError
+
 from .interpreter import Interpreter, InterpreterStartError
 from .runsc import LaunchSpec
 
@@ -52,7 +54,11 @@ class WarmPool:
         """Boot one interpreter now (not from the pool); records success/failure for /readyz."""
         t0 = time.monotonic()
         try:
-            interp = await Interpreter.start(self._spec_factory())
+            try:
+                spec = self._spec_factory()
+            except CodegroundError as e:
+                raise InterpreterStartError(str(e)) from None
+            interp = await Interpreter.start(spec)
         except InterpreterStartError as e:
             self.boots_failed += 1
             self.last_error = str(e)
@@ -80,9 +86,9 @@ class WarmPool:
                 if self._closed:
                     return
                 interp = await self.boot()
-        except InterpreterStartError as e:
+        except Exception as e:  # the refill loop must survive anything; never spin on a broken runtime
             log.error("warm pool: %s", e)
-            await asyncio.sleep(2.0)  # do not spin on a broken runtime
+            await asyncio.sleep(2.0)
             return
         finally:
             self._booting -= 1

@@ -13,7 +13,7 @@ the sandbox's memory and disappears with it.
 
 What it does not guarantee: a memory cap for a whole session (RLIMIT_AS is per process, so a session's
 worst case is max_processes x memory); CPU shares between sessions; protection from gVisor bugs. The
-unisolated launcher gives none of the isolation guarantees -- only rlimits and a clean environment.
+process launchers (no runsc) live in `launchers.py`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import resource
 import shutil
 import sys
 import sysconfig
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +69,15 @@ def sandbox_env() -> dict[str, str]:
     }
 
 
-def worker_argv(python: str, config: SandboxConfig, scratch: str, outdir: str | None = None) -> list[str]:
-    """The interpreter command: isolated mode (-I: no env vars, no user site), no bytecode writes."""
+def worker_argv(python: str, config: SandboxConfig, scratch: str, outdir: str | None = None,
+                own_uid: bool = False) -> list[str]:
+    """The interpreter command: isolated mode (-I: no env vars, no user site), no bytecode writes.
+
+    `own_uid`: the session runs under a uid no one else uses, so `kill(-1)` reaches exactly its processes.
+    """
     import json
 
-    settings = {"scratch": scratch, "outdir": outdir, "echo_last_expression": config.echo_last_expression,
+    settings = {"scratch": scratch, "outdir": outdir, "own_uid": own_uid, "echo_last_expression": config.echo_last_expression,
                 "traceback_frames": config.traceback_frames}
     return [python, "-I", "-B", "-c", WORKER_SOURCE, json.dumps(settings)]
 
@@ -84,15 +87,17 @@ def output_spool_bytes(config: SandboxConfig) -> int:
     return 4 * config.max_output_bytes + (1 << 20)
 
 
-def python_binds() -> list[str]:
+def python_of(config: SandboxConfig) -> str:
+    return config.python_executable or sys.executable
+
+
+def python_binds(python: str | None = None) -> list[str]:
     """Host folders the sandboxed interpreter needs besides /usr and /lib*: its install and the venv."""
-    candidates = [
-        os.path.realpath(sys.base_prefix),
-        os.path.realpath(os.path.dirname(os.path.realpath(sys.executable))),
-        sys.prefix,
-        sysconfig.get_paths()["purelib"],
-        sysconfig.get_paths()["platlib"],
-    ]
+    python = python or sys.executable
+    candidates = [os.path.realpath(os.path.dirname(os.path.realpath(python))), os.path.dirname(os.path.dirname(python))]
+    if python == sys.executable:  # the service's own interpreter: its venv and site-packages too
+        candidates += [os.path.realpath(sys.base_prefix), sys.prefix, sysconfig.get_paths()["purelib"],
+                       sysconfig.get_paths()["platlib"]]
     binds: list[str] = []
     for path in sorted({os.path.abspath(p) for p in candidates}, key=len):
         if not os.path.isdir(path) or path == "/":
@@ -153,7 +158,9 @@ class LaunchSpec:
     cwd: str
     name: str
     cleanup: list[str] = field(default_factory=list)  # paths (files/dirs, globs allowed) removed after exit
-    unisolated_rlimits: dict[int, int] | None = None  # set in the child before exec (unsafe mode only)
+    rlimits: dict[int, int] | None = None  # set in the child before exec (process launchers only)
+    user: int | None = None  # run the child as this uid/gid (pod launcher)
+    on_exit: Callable[[], None] | None = None  # called once after the process is gone
 
 
 class RunscLauncher:
@@ -170,8 +177,8 @@ class RunscLauncher:
         self.workdir = workdir
         self.state = os.path.join(workdir, "runsc-state")
         self.bundle = os.path.join(workdir, "bundle")
-        binds = python_binds()
-        spec = build_oci_spec(config, args=worker_argv(sys.executable, config, SCRATCH, OUTDIR), binds=binds)
+        binds = python_binds(python_of(config))
+        spec = build_oci_spec(config, args=worker_argv(python_of(config), config, SCRATCH, OUTDIR), binds=binds)
         ensure_bundle(self.bundle, spec)
         os.makedirs(self.state, mode=0o700, exist_ok=True)
         log.info("gVisor bundle at %s (binds: %s)", self.bundle, ", ".join(binds))
@@ -184,31 +191,6 @@ class RunscLauncher:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return LaunchSpec(argv=argv, env=env, cwd=self.workdir, name=name,
                           cleanup=[os.path.join(self.state, f"{name}_sandbox:*"), os.path.join(self.state, name)])
-
-
-class UnisolatedLauncher:
-    """DEBUGGING ONLY: runs the interpreter as a plain child process with rlimits and a clean env."""
-
-    isolation = "none"
-
-    def __init__(self, config: SandboxConfig, workdir: str):
-        self.config = config
-        self.workdir = workdir
-        log.warning("=" * 78)
-        log.warning("SANDBOX ISOLATION IS OFF (--unsafe-no-isolation): code runs on this host as %s",
-                    os.getuid())
-        log.warning("=" * 78)
-
-    def spec(self) -> LaunchSpec:
-        name = f"cg-unsafe-{os.getpid()}-{next(_ids)}"
-        scratch = tempfile.mkdtemp(prefix=name + "-", dir=self.workdir)
-        env = sandbox_env() | {"HOME": scratch, "TMPDIR": scratch}
-        limits = {resource.RLIMIT_AS: self.config.memory_bytes, resource.RLIMIT_FSIZE: self.config.max_file_bytes,
-                  resource.RLIMIT_CORE: 0}
-        if os.getuid() != 0:  # root ignores RLIMIT_NPROC, and as root it would count all of root's processes
-            limits[resource.RLIMIT_NPROC] = self.config.max_processes
-        return LaunchSpec(argv=worker_argv(sys.executable, self.config, scratch), env=env, cwd=scratch,
-                          name=name, cleanup=[scratch], unisolated_rlimits=limits)
 
 
 def ensure_bundle(bundle: str, spec: dict[str, Any]) -> None:
@@ -233,10 +215,3 @@ def ensure_bundle(bundle: str, spec: dict[str, Any]) -> None:
     os.chmod(bundle, 0o755)
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(spec, f, indent=1)
-
-
-def make_launcher(config: SandboxConfig, workdir: str) -> RunscLauncher | UnisolatedLauncher:
-    """The launcher for `config.isolation`; raises SandboxUnavailableError with install steps."""
-    if config.isolation == "none":
-        return UnisolatedLauncher(config, workdir)
-    return RunscLauncher(config, workdir)

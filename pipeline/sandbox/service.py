@@ -36,9 +36,9 @@ from codeground.pipeline.errors import CodegroundError
 
 from .config import SandboxConfig
 from .interpreter import InterpreterStartError
+from .launchers import make_launcher
 from .metrics import SandboxMetrics
 from .pool import WarmPool
-from .runsc import make_launcher
 from .sessions import SessionLimitError, SessionManager, SessionNotFoundError
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-idle-seconds", type=float, default=d.session_idle_seconds)
     parser.add_argument("--warm-pool", type=int, default=d.warm_pool)
     parser.add_argument("--runsc", default=d.runsc_path, help="path of the gVisor runsc binary")
+    parser.add_argument("--python", default=d.python_executable,
+                        help="interpreter of the sessions (default: the service's own, with its packages)")
     parser.add_argument("--runsc-platform", default=d.runsc_platform, help="gVisor platform (ptrace, kvm, ...)")
     parser.add_argument("--no-echo-last-expression", action="store_true",
                         help="do not print the value of a cell's last expression")
+    parser.add_argument("--isolation", choices=["gvisor", "pod"], default="gvisor",
+                        help="gvisor: a runsc sandbox per session; pod: the pod runs under gVisor "
+                             "(runtimeClassName: gvisor) and sessions get their own uid in it")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="DEBUGGING ONLY: run code on this host without gVisor")
     parser.add_argument("--log-level", default=os.environ.get("CODEGROUND_LOG_LEVEL", "INFO"))
@@ -204,9 +209,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         timeout_seconds=args.timeout_seconds, memory_bytes=parse_quantity(args.memory, "--memory"),
         max_processes=args.max_processes, max_output_bytes=args.max_output_bytes,
         max_file_bytes=args.max_file_bytes, scratch_bytes=args.scratch_bytes, max_sessions=args.max_sessions,
-        session_idle_seconds=args.session_idle_seconds, warm_pool=args.warm_pool, runsc_path=args.runsc,
+        session_idle_seconds=args.session_idle_seconds, warm_pool=args.warm_pool, runsc_path=args.runsc, python_executable=args.python,
         runsc_platform=args.runsc_platform, echo_last_expression=not args.no_echo_last_expression,
-        isolation="none" if args.unsafe_no_isolation else "gvisor")
+        isolation="none" if args.unsafe_no_isolation else args.isolation)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -70,7 +70,9 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     _builtins_update = builtins.__dict__.update
     WNOHANG, SIGKILL = os.WNOHANG, signal.SIGKILL
     main_ident = _get_ident()
-    i_am_init = _getpid() == 1  # inside gVisor the worker is PID 1 of its own PID namespace
+    # Inside gVisor the worker is PID 1 of its own PID namespace; in a pod each session has its own uid.
+    # Either way kill(-1) reaches exactly this session's other processes.
+    kill_all_ok = _getpid() == 1 or bool(settings.get("own_uid"))
 
     # Move the protocol channel off 0/1 (dup() descriptors are not inherited by subprocesses).
     ctl_in, ctl_out = _dup(0), _dup(1)
@@ -239,9 +241,9 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
             _waitpid(-1, WNOHANG)
         except _OSError:  # ChildProcessError: no children at all, the common case
             return
-        if i_am_init:
+        if kill_all_ok:
             try:
-                _kill(-1, SIGKILL)  # every process of the sandbox except init (us)
+                _kill(-1, SIGKILL)  # every process of the session except us
             except _OSError:
                 pass
         else:
