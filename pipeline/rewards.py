@@ -68,7 +68,8 @@ def normalize_answer(ans: Any) -> str | None:
     if inner is not None:
         s = inner
     s = s.strip().strip("$").strip()
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\ ", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    # LaTeX spacing commands (\! \, \ ) go; a row break \\ followed by a space must survive.
+    s = re.sub(r"(?<!\\)\\[!, ]", "", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = re.sub(r"\\left|\\right", "", s)
     s = re.sub(r"\s+", "", s)
     s = s.rstrip(".")
@@ -103,7 +104,8 @@ def _parse(s: str) -> tuple[Any, ...]:
 def parseable(ans: str | None) -> bool:
     """Whether an answer can be checked at all (a number or something math-verify parses)."""
     s = normalize_answer(ans)
-    return s is not None and (_as_number(s) is not None or bool(_parse(s)))
+    # math-verify falls back to the raw string when it cannot parse: that alone does not count.
+    return s is not None and (_as_number(s) is not None or any(not isinstance(x, str) for x in _parse(s)))
 
 
 @lru_cache(maxsize=65536)
