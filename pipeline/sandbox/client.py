@@ -173,7 +173,7 @@ class AsyncSandboxClient:
             except OSError as e:
                 raise SandboxInfraError(f"cannot resolve sandbox service {url.hostname!r}: {e}") from None
             for info in infos:
-                host = info[4][0]
+                host = str(info[4][0])
                 host = f"[{host}]" if ":" in host else host
                 found.append(f"{url.scheme}://{host}:{port}")
         self._endpoints = sorted(set(found))

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -118,8 +118,13 @@ def create_app(config: SandboxConfig, *, workdir: str | None = None) -> FastAPI:
 
     @app.post("/v1/sessions/{session_id}/execute", response_model=ExecuteReply)
     async def execute(session_id: str, body: ExecuteRequest) -> JSONResponse:
-        if len(body.code.encode("utf-8", "surrogatepass")) > config.max_code_bytes:
-            raise HTTPException(413, f"code is larger than max_code_bytes={config.max_code_bytes}")
+        size = len(body.code.encode("utf-8", "surrogatepass"))
+        if size > config.max_code_bytes:  # the model's doing, so a cell result, not an HTTP error
+            manager.get(session_id)
+            return JSONResponse({
+                "status": "error", "stdout": "", "stderr": "", "error_type": "CodeTooLarge",
+                "error_message": f"the cell is {size} bytes; the limit is {config.max_code_bytes}",
+                "traceback": None, "duration_s": 0.0, "truncated": False, "restarted": False})
         # A plain JSONResponse skips re-validating the reply (the model still documents it): ~0.1 ms a cell.
         return JSONResponse(await manager.execute(session_id, body.code, body.timeout))
 

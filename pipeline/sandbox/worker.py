@@ -55,7 +55,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     _dumps = json.JSONEncoder(ensure_ascii=True, check_circular=False).encode
     _loads = json.loads
     _get_ident = threading.get_ident
-    _active_threads = threading._active  # ident -> Thread; read-only use
+    _active_threads = threading._active  # type: ignore[attr-defined]  # ident -> Thread; read-only
     _parse, _compile, _exec, _eval = ast.parse, builtins.compile, builtins.exec, builtins.eval
     _format_exception = traceback.format_exception
     _format_exception_only = traceback.format_exception_only
@@ -107,7 +107,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     sys.argv[:] = [""]
     sys.path[:] = [p for p in sys.path if p]  # no script dir
     sys.stdin = _StringIO("")
-    sys.__stdin__ = sys.stdin
+    sys.__stdin__ = sys.stdin  # type: ignore[misc, assignment]
     user_ns = user_main.__dict__
 
     def read_exact(n: int) -> bytes:
@@ -190,11 +190,11 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
             return False
 
         @property
-        def encoding(self) -> str:
+        def encoding(self) -> str:  # type: ignore[override]
             return "utf-8"
 
         @property
-        def errors(self) -> str:
+        def errors(self) -> str:  # type: ignore[override]
             return "backslashreplace"
 
         def text(self) -> str:
@@ -304,8 +304,10 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
         try:
             tree = _parse(code, filename, "exec")
             echo = None
-            if echo_last and tree.body and _isinstance(tree.body[-1], _Expr):
-                echo = _compile(_Expression(tree.body.pop().value), filename, "eval")
+            last = tree.body[-1] if tree.body else None
+            if echo_last and _isinstance(last, _Expr):
+                tree.body.pop()
+                echo = _compile(_Expression(last.value), filename, "eval")  # type: ignore[union-attr]
             _exec(_compile(tree, filename, "exec"), user_ns)
             if echo is not None:
                 value = _eval(echo, user_ns)
@@ -320,7 +322,7 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
                 tb_text = "".join(_format_exception_only(_type(e), e))
         call.open = False
         _builtins_update(builtins_snapshot)  # a cell that broke `builtins.len` must not break the worker
-        if tb_text is None and etype is not None:
+        if tb_text is None and exc is not None:
             tb_text = short_traceback(exc, "<cell-")
         reap_children()
         out_size, err_size = check_stdio()
@@ -339,8 +341,8 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     # Between calls, and for threads that outlive their call, output goes nowhere.
     idle = _Call(0)
     idle.open = False
-    sys.__stdout__ = sys.stdout = _Capture(idle, 1)
-    sys.__stderr__ = sys.stderr = _Capture(idle, 2)
+    sys.__stdout__ = sys.stdout = _Capture(idle, 1)  # type: ignore[misc, assignment]
+    sys.__stderr__ = sys.stderr = _Capture(idle, 2)  # type: ignore[misc, assignment]
     send({"ready": True, "pid": _getpid()})
     cell = 0
     while True:
