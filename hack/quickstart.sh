@@ -37,5 +37,6 @@ if [ -f "$OUT/quickstart/status.json" ]; then RESUME=(--resume); fi
 echo "==> codeground run examples/quickstart.yaml --out $OUT ${RESUME[*]}"
 .venv/bin/codeground run examples/quickstart.yaml --out "$OUT" "${RESUME[@]}"
 echo
-echo "Report:  $OUT/quickstart/evaluate/report.html"
-echo "Status:  $OUT/quickstart/status.json    Metrics per GRPO step: $OUT/quickstart/grpo/metrics.jsonl"
+.venv/bin/python -m codeground.pipeline.stages.runreport "$OUT" quickstart
+echo "Per-stage reports: $OUT/quickstart/<stage>/report.html   Status: $OUT/quickstart/status.json"
+echo "Metrics per GRPO step: $OUT/quickstart/grpo/metrics.jsonl"
