@@ -60,6 +60,7 @@ class SandboxConfig:
     # uid in it (Kubernetes, where runsc cannot nest); "none": only via --unsafe-no-isolation (debugging)
     isolation: Literal["gvisor", "pod", "none"] = "gvisor"
     echo_last_expression: bool = True  # like a notebook: a cell ending in an expression prints its repr
+    preload: tuple[str, ...] = ()  # modules imported by warm interpreters (e.g. numpy): fast first import
     python_executable: str = ""  # interpreter of the sessions; "" = the service's own (with its packages)
     runsc_path: str = "runsc"  # the gVisor runtime binary (looked up on PATH)
     runsc_platform: str = "ptrace"  # gVisor platform; ptrace works in nested/unprivileged hosts
@@ -104,6 +105,7 @@ class SandboxConfig:
         "maxSessions": ("max_sessions", int),
         "sessionIdleSeconds": ("session_idle_seconds", float),
         "warmPool": ("warm_pool", int),
+        "preload": ("preload", lambda v: tuple(v.split(",") if isinstance(v, str) else v)),
     }
 
     @classmethod

@@ -50,6 +50,8 @@ def serve_argv(config: SandboxConfig, port: int, *, unsafe_no_isolation: bool = 
         value = getattr(config, f.name)
         if f.name in _FLAGS and value != getattr(defaults, f.name):
             argv += [_FLAGS[f.name], str(value)]
+    if config.preload:
+        argv += ["--preload", ",".join(config.preload)]
     if not config.echo_last_expression:
         argv.append("--no-echo-last-expression")
     if unsafe_no_isolation or config.isolation == "none":

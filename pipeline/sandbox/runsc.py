@@ -77,7 +77,7 @@ def worker_argv(python: str, config: SandboxConfig, scratch: str, outdir: str | 
     """
     import json
 
-    settings = {"scratch": scratch, "outdir": outdir, "own_uid": own_uid, "echo_last_expression": config.echo_last_expression,
+    settings = {"scratch": scratch, "outdir": outdir, "own_uid": own_uid, "preload": list(config.preload), "echo_last_expression": config.echo_last_expression,
                 "traceback_frames": config.traceback_frames}
     return [python, "-I", "-B", "-c", WORKER_SOURCE, json.dumps(settings)]
 

@@ -343,6 +343,11 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     idle.open = False
     sys.__stdout__ = sys.stdout = _Capture(idle, 1)  # type: ignore[misc, assignment]
     sys.__stderr__ = sys.stderr = _Capture(idle, 2)  # type: ignore[misc, assignment]
+    for module in settings.get("preload") or ():  # warm interpreters pay the slow imports, not cells
+        try:
+            __import__(module)
+        except Exception:
+            pass
     send({"ready": True, "pid": _getpid()})
     cell = 0
     while True:

@@ -61,6 +61,15 @@ def test_server_timeout_caps_the_requested_one(client: SandboxClient, session: s
     assert r.status == "timeout" and r.duration_s < TEST_CONFIG["timeout_seconds"] + 1.5
 
 
+def test_preloaded_modules_make_the_first_import_instant() -> None:
+    require_runsc()
+    config = SandboxConfig(**{**TEST_CONFIG, "timeout_seconds": 60.0, "warm_pool": 1, "preload": ("numpy",)})
+    with local_sandbox(config) as url, SandboxClient(url) as client:
+        sid = client.create_session()
+        r = client.execute(sid, "import sys\nprint('numpy' in sys.modules)\nimport numpy as np\nprint(np.ones(2).sum())")
+        assert r.stdout == "True\n2.0\n", r
+
+
 def test_oversized_cell_is_a_code_error(client: SandboxClient, session: str) -> None:
     r = client.execute(session, "x = 1\n" * 200_000)  # 1.2 MB > max_code_bytes (1 MiB)
     assert (r.status, r.error_type) == ("error", "CodeTooLarge")
