@@ -61,6 +61,9 @@ class SandboxConfig:
     isolation: Literal["gvisor", "pod", "none"] = "gvisor"
     echo_last_expression: bool = True  # like a notebook: a cell ending in an expression prints its repr
     preload: tuple[str, ...] = ()  # modules imported by warm interpreters (e.g. numpy): fast first import
+    # Refuse /v1 requests from the server's own addresses. None = only with isolation "pod", where session
+    # code shares the pod's network and could otherwise drive the API (e.g. run code in another session).
+    deny_local_clients: bool | None = None
     python_executable: str = ""  # interpreter of the sessions; "" = the service's own (with its packages)
     runsc_path: str = "runsc"  # the gVisor runtime binary (looked up on PATH)
     runsc_platform: str = "ptrace"  # gVisor platform; ptrace works in nested/unprivileged hosts
@@ -125,6 +128,10 @@ class SandboxConfig:
                 raise SandboxConfigError(f"limits.{key}: {value!r} is not valid ({e})") from None
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    @property
+    def denies_local_clients(self) -> bool:
+        return self.isolation == "pod" if self.deny_local_clients is None else self.deny_local_clients
 
     def summary(self) -> dict[str, Any]:
         """The effective config as a plain dict (logged once at start, served on /readyz)."""

@@ -58,6 +58,8 @@ def serve_argv(config: SandboxConfig, port: int, *, unsafe_no_isolation: bool = 
         argv.append("--unsafe-no-isolation")
     elif config.isolation == "pod":
         argv += ["--isolation", "pod"]
+    if config.deny_local_clients is False:
+        argv.append("--allow-local-clients")
     return argv
 
 

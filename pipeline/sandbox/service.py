@@ -97,6 +97,8 @@ def create_app(config: SandboxConfig, *, workdir: str | None = None) -> FastAPI:
     app = FastAPI(title="codeground sandbox", version="1", lifespan=lifespan,
                   description="Persistent Python sessions in gVisor sandboxes, for models that reason in code.")
     app.state.config, app.state.manager, app.state.pool, app.state.metrics = config, manager, pool, metrics
+    if config.denies_local_clients:
+        app.add_middleware(DenyLocalClients)
 
     @app.exception_handler(SessionNotFoundError)
     async def _not_found(request: Request, exc: SessionNotFoundError) -> JSONResponse:
@@ -162,6 +164,27 @@ def create_app(config: SandboxConfig, *, workdir: str | None = None) -> FastAPI:
     return app
 
 
+class DenyLocalClients:
+    """ASGI middleware: 403 for /v1 requests whose peer is this server's own address (or loopback).
+
+    With isolation "pod" the sessions are processes in the server's pod: they reach the service on
+    127.0.0.1 or the pod IP, while real clients (stage pods) and kubelet probes come from elsewhere.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            client = (scope.get("client") or ("", 0))[0]
+            server = (scope.get("server") or ("", 0))[0]
+            if client == server or client.startswith("127.") or client in ("::1", "localhost"):
+                response = JSONResponse({"detail": "requests from inside the sandbox pod are refused"}, 403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run the service until SIGINT/SIGTERM (blocking)."""
     import uvicorn
@@ -204,6 +227,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolation", choices=["gvisor", "pod"], default="gvisor",
                         help="gvisor: a runsc sandbox per session; pod: the pod runs under gVisor "
                              "(runtimeClassName: gvisor) and sessions get their own uid in it")
+    parser.add_argument("--allow-local-clients", action="store_true",
+                        help="with --isolation pod, still accept API calls from this host (testing only)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="DEBUGGING ONLY: run code on this host without gVisor")
     parser.add_argument("--log-level", default=os.environ.get("CODEGROUND_LOG_LEVEL", "INFO"))
@@ -219,7 +244,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         session_idle_seconds=args.session_idle_seconds, warm_pool=args.warm_pool, runsc_path=args.runsc, python_executable=args.python,
         preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
         runsc_platform=args.runsc_platform, echo_last_expression=not args.no_echo_last_expression,
-        isolation="none" if args.unsafe_no_isolation else args.isolation)
+        isolation="none" if args.unsafe_no_isolation else args.isolation,
+        deny_local_clients=False if args.allow_local_clients else None)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import httpx
 import pytest
 
 from codeground.pipeline.sandbox.client import SandboxClient
@@ -29,7 +30,8 @@ def _python_for_others() -> str:
 def test_pod_mode_separates_sessions_by_uid() -> None:
     if os.getuid() != 0:
         pytest.skip("pod mode switches uids: needs root (as the service has inside its gVisor pod)")
-    config = SandboxConfig(**{**TEST_CONFIG, "isolation": "pod", "python_executable": _python_for_others()})
+    config = SandboxConfig(**{**TEST_CONFIG, "isolation": "pod", "python_executable": _python_for_others(),
+                              "deny_local_clients": False})  # our test client is local too
     with local_sandbox(config) as url, SandboxClient(url) as client:
         a, b = client.create_session(), client.create_session()
         ra = client.execute(a, "import os\nopen('mine.txt', 'w').write('a')\nprint(os.getuid(), os.getcwd())")
@@ -47,3 +49,14 @@ def test_pod_mode_separates_sessions_by_uid() -> None:
         assert r.stdout == "b''\n", r  # the cell's leftover process was killed when the cell ended
         client.close_session(a)
         assert not os.path.exists(cwd_a)  # scratch deleted on close
+
+
+def test_pod_mode_refuses_api_calls_from_inside_the_pod() -> None:
+    """Session code shares the pod's network: it must not be able to drive the API (other sessions)."""
+    if os.getuid() != 0:
+        pytest.skip("pod mode switches uids: needs root (as the service has inside its gVisor pod)")
+    config = SandboxConfig(**{**TEST_CONFIG, "isolation": "pod", "python_executable": _python_for_others()})
+    with local_sandbox(config) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200  # probes still answered
+        r = httpx.post(f"{url}/v1/sessions")
+        assert r.status_code == 403 and "inside the sandbox pod" in r.text
