@@ -92,9 +92,8 @@ class SandboxConfig:
         if self.max_processes < 4:
             raise SandboxConfigError(
                 f"sandbox.max_processes: {self.max_processes} leaves no room for the interpreter; use >= 4")
-        if self.warm_pool > self.max_sessions:
-            raise SandboxConfigError(
-                f"sandbox.warm_pool: {self.warm_pool} exceeds max_sessions={self.max_sessions}; lower it")
+        # More warm interpreters than sessions would only waste memory (e.g. maxSessions 2 with the default pool).
+        self.warm_pool = min(self.warm_pool, self.max_sessions)
 
     # camelCase name in a Sandbox spec's `limits` -> (field, converter)
     _LIMIT_KEYS: ClassVar[dict[str, tuple[str, Any]]] = {
