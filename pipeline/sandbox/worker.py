@@ -70,6 +70,15 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
     _builtins_update = builtins.__dict__.update
     WNOHANG, SIGKILL = os.WNOHANG, signal.SIGKILL
     main_ident = _get_ident()
+    _exit = os._exit
+    forked_child = False
+
+    def _mark_child() -> None:
+        nonlocal forked_child
+        forked_child = True
+
+    # A child of os.fork() inside a cell would otherwise finish the cell and send a second reply.
+    os.register_at_fork(after_in_child=_mark_child)
     # Inside gVisor the worker is PID 1 of its own PID namespace; in a pod each session has its own uid.
     # Either way kill(-1) reaches exactly this session's other processes.
     kill_all_ok = _getpid() == 1 or bool(settings.get("own_uid"))
@@ -320,6 +329,8 @@ def _main() -> None:  # noqa: C901 -- one closure on purpose: every reference be
             exc = e
             if _isinstance(e, _SyntaxError):
                 tb_text = "".join(_format_exception_only(_type(e), e))
+        if forked_child:  # os.fork() in the cell and the child got here: it must never answer the host
+            _exit(0)
         call.open = False
         _builtins_update(builtins_snapshot)  # a cell that broke `builtins.len` must not break the worker
         if tb_text is None and exc is not None:

@@ -58,6 +58,8 @@ CASES = [
     Case("bomb/fork-until-refused",
          "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(60); os._exit(0)",
          ("error",), err("BlockingIOError", "OSError")),
+    Case("bomb/fork-child-falls-through", "import os, time\npid = os.fork()\nif pid: time.sleep(0.2)\n"
+         "print('parent' if pid else 'child')", ("ok",), lambda r: r.stdout == "parent\n"),
     Case("bomb/threads",
          "import threading, time\nts = []\nwhile True:\n"
          "    t = threading.Thread(target=time.sleep, args=(30,), daemon=True); t.start(); ts.append(t)",
