@@ -4,6 +4,10 @@ Who calls it: `codeground run` (local backend) and the tests. It runs
 `python -m codeground.pipeline.sandbox serve` in a subprocess on 127.0.0.1 with a free port, waits until
 /readyz answers, yields the base URL and stops the server (and with it every sandbox) on exit.
 
+If the calling process dies without leaving the `with` block (SIGKILL, a test runner's hard timeout),
+the server is killed with it (PR_SET_PDEATHSIG), and its sandboxes with the server. Note: the signal
+follows the *thread* that started the server, so start it from a thread that outlives the block.
+
 What it does not guarantee: that the port stays free between choosing it and the server binding it (a
 rare race; the start then fails with the server's log in the error).
 """
@@ -11,6 +15,7 @@ rare race; the start then fails with the server's log in the error).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -34,6 +39,12 @@ _FLAGS = {  # SandboxConfig field -> `serve` flag
     "session_idle_seconds": "--session-idle-seconds", "warm_pool": "--warm-pool", "runsc_path": "--runsc", "python_executable": "--python",
     "runsc_platform": "--runsc-platform",
 }
+
+
+def _die_with_parent() -> None:
+    """In the server child: SIGKILL it when the process that started it dies (no orphaned servers)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -81,7 +92,8 @@ def local_server(config: SandboxConfig | None = None, *, unsafe_no_isolation: bo
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(serve_argv(config, port, unsafe_no_isolation=unsafe_no_isolation),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         try:
             _wait_ready(proc, url, log, start_timeout, need_boot=config.warm_pool > 0)
             yield proc, url
