@@ -19,7 +19,6 @@ limits; those are covered by the image tests and the builders' unit tests.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -127,14 +126,14 @@ class OperatorProcess(_Process):
 class SandboxProcess(_Process):
     """A Sandbox pod's container, as a local process on a free loopback port."""
 
-    def __init__(self, core: client.CoreV1Api, pod: client.V1Pod, workdir: Path):
-        c = pod.spec.containers[0]
+    def __init__(self, core: client.CoreV1Api, pod: dict[str, Any], workdir: Path):
+        c = pod["spec"]["containers"][0]
         self.port = free_port()
-        argv = _codeground_argv(list(c.command or []) + list(c.args or []))
+        argv = _codeground_argv([*c["command"], *c.get("args", [])])
         for flag, value in (("--host", "127.0.0.1"), ("--port", str(self.port))):
             argv[argv.index(flag) + 1] = value
         kubelet = HarnessKubelet.__new__(HarnessKubelet)  # only for its env resolution (valueFrom, envFrom)
-        kubelet.core, kubelet.namespace = core, pod.metadata.namespace
+        kubelet.core, kubelet.namespace = core, pod["metadata"]["namespace"]
         env = {**os.environ, **kubelet._env(pod, c)}
         env.setdefault("CODEGROUND_WORKDIR", str(workdir / "scratch"))
         super().__init__("sandbox", argv, env, workdir / "sandbox.log")
@@ -149,10 +148,11 @@ class E2EKubelet(HarnessKubelet):
         super().__init__(*args, **kwargs)
         self.service_urls = service_urls or {}
 
-    def _pod_root(self, pod: client.V1Pod) -> Path:
-        return self.workdir / self.namespace / f"{pod.metadata.name}-{pod.metadata.uid[:8]}"
+    def _pod_root(self, pod: dict[str, Any]) -> Path:
+        meta = pod["metadata"]
+        return self.workdir / self.namespace / f"{meta['name']}-{meta['uid'][:8]}"
 
-    def _env(self, pod: client.V1Pod, c: client.V1Container) -> dict[str, str]:
+    def _env(self, pod: dict[str, Any], c: dict[str, Any]) -> dict[str, str]:
         env = super()._env(pod, c)
         for key, value in env.items():
             for remote, local in self.service_urls.items():
@@ -163,21 +163,16 @@ class E2EKubelet(HarnessKubelet):
         env.setdefault("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         root = self._pod_root(pod)
         root.mkdir(parents=True, exist_ok=True)
-        env["CODEGROUND_TERMINATION_LOG"] = str(root / f"{c.name}.termination-log")
+        env["CODEGROUND_TERMINATION_LOG"] = str(root / f"{c['name']}.termination-log")
         return env
 
-    def run_pod(self, pod: client.V1Pod) -> PodRun:
+    def run_pod(self, pod: dict[str, Any]) -> PodRun:
         run = super().run_pod(pod)
         # Like the kubelet: the container's termination message file becomes terminated.message.
-        path = self._pod_root(pod) / f"{pod.spec.containers[0].name}.termination-log"
+        path = self._pod_root(pod) / f"{pod['spec']['containers'][0]['name']}.termination-log"
         if path.exists() and path.read_text().strip():
             run.message = path.read_text()[:4096]
         return run
-
-
-def decode_secret(core: client.CoreV1Api, name: str, namespace: str) -> dict[str, str]:
-    data = core.read_namespaced_secret(name, namespace).data or {}
-    return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
 
 def dump(obj: Any) -> str:

