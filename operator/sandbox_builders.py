@@ -4,8 +4,15 @@ Called by :mod:`codeground.operator.sandboxes`. No I/O. Also holds the pool-sizi
 (:func:`desired_replicas`): how many replicas the running stages need, within the Sandbox's bounds.
 
 Hardening of every pod: the RuntimeClass from the spec (gVisor by default), no service-account token,
-non-root, read-only root filesystem with a size-limited in-memory scratch volume at /tmp, all
-capabilities dropped, no privilege escalation, seccomp RuntimeDefault, requests = limits. The
+read-only root filesystem with a size-limited in-memory scratch volume at /tmp, every capability
+dropped but the five the server needs to give each session its own uid, no privilege escalation,
+seccomp RuntimeDefault, requests = limits.
+
+Why not non-root with all capabilities dropped, as issue 8 first asked: a pod holds many sessions,
+and sessions that share one uid can read each other's files and kill each other's processes (the
+server's too). The server therefore starts as uid 0 *inside the gVisor sandbox* (gVisor's user-space
+kernel, not the host's: root there is not root on the node) with only SETUID, SETGID, CHOWN, FOWNER and
+KILL, and runs every session under a uid of its own (``sandbox serve --isolation pod``). The
 NetworkPolicy denies all egress and admits ingress only from pods labelled for this Sandbox (the
 operator labels the stage pods of runs that name it).
 
@@ -27,7 +34,9 @@ from .config import OperatorConfig
 
 # Concurrent trajectories of a distill or evaluate stage (the rollout backends' default concurrency).
 ROLLOUT_CONCURRENCY = 64
-RUN_AS_USER = 10001  # the `sandbox` user of images/Dockerfile.sandbox
+# The server's capabilities in --isolation pod: switch to a session uid, hand it its scratch dir, kill
+# what the session left behind. Everything else is dropped.
+SERVER_CAPABILITIES = ["CHOWN", "FOWNER", "KILL", "SETGID", "SETUID"]
 
 
 def stage_sessions(stage: api.StageSpec) -> int:
@@ -50,6 +59,7 @@ def desired_replicas(sandbox: api.Sandbox, sessions: Iterable[int]) -> int:
 def _serve_command(limits: api.SandboxLimits) -> list[str]:
     """``codeground sandbox serve`` with the per-session limits of the spec (flags of its add_cli)."""
     return ["codeground", "sandbox", "serve", "--host", "0.0.0.0", "--port", str(L.SANDBOX_PORT),
+            "--isolation", "pod", "--preload", "numpy,sympy",
             "--timeout-seconds", str(limits.timeout_seconds), "--memory", str(limits.memory),
             "--max-processes", str(limits.max_processes), "--max-output-bytes", str(limits.max_output_bytes),
             "--max-sessions", str(limits.max_sessions), "--session-idle-seconds", str(limits.session_idle_seconds)]
@@ -71,9 +81,10 @@ def build_sandbox_deployment(sandbox: api.Sandbox, owner: Owner, config: Operato
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+            "runAsUser": 0, "runAsNonRoot": False,  # inside gVisor; sessions get their own uids (see above)
             "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "privileged": False,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+            "capabilities": {"drop": ["ALL"], "add": list(SERVER_CAPABILITIES)},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
     }
@@ -81,8 +92,7 @@ def build_sandbox_deployment(sandbox: api.Sandbox, owner: Owner, config: Operato
         "runtimeClassName": spec.runtime_class_name,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "fsGroup": RUN_AS_USER,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.scratch)}}],
     }

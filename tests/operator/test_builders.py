@@ -105,9 +105,13 @@ def test_sandbox_deployment_is_hardened(owner, config):
     assert dep["spec"]["replicas"] == 3
     assert pod["runtimeClassName"] == "gvisor"
     assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     sc = c["securityContext"]
-    assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    # root inside gVisor with only what per-session uids need (see sandbox_builders' docstring)
+    assert sc["runAsUser"] == 0 and sc["privileged"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "KILL", "SETGID", "SETUID"]}
+    assert c["command"][c["command"].index("--isolation") + 1] == "pod"
     assert sc["allowPrivilegeEscalation"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
     assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "512Mi"
