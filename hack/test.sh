@@ -41,6 +41,8 @@ step "lint and generated files"
 .venv/bin/codeground crds --check
 
 step "tests"
+# runsc was installed above: a sandbox test that cannot find it must fail, not skip.
+export CODEGROUND_REQUIRE_RUNSC=1
 rc=0
 .venv/bin/python -m pytest "$@" || rc=$?
 step "done (pytest exit code $rc)"
