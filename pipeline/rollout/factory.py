@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import CodegroundError
 from .backends import Generator, OpenAIGenerator, TransformersGenerator, VllmGenerator
-from .models import load_model
+from .models import inference_dtype, load_model
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ def teacher_generator(teacher: Any) -> Generator:
                 log.warning("vLLM teacher unavailable (%s); generating with transformers", exc)
         else:
             log.warning("teacher.vllm is set but vllm is not installed; generating with transformers")
-    model, tok = load_model(teacher.model)
+    model, tok = load_model(teacher.model, dtype=inference_dtype())
     return TransformersGenerator(model, tok)
 
 
 def model_generator(ref: Any, *, batch_size: int = 64) -> Generator:
     """The evaluate stage's model (a stage artifact folder or ``spec.model``), transformers in process."""
-    model, tok = load_model(ref)
+    model, tok = load_model(ref, dtype=inference_dtype())
     return TransformersGenerator(model, tok, batch_size=batch_size)
 
 

@@ -49,6 +49,24 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get("CODEGROUND_MODEL_CACHE", Path.home() / ".cache" / "codeground" / "models"))
 
 
+def inference_dtype(device: str | None = None) -> Any:
+    """bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX, ~1.5x faster here), else float32.
+
+    For generation only (distill, evaluate); training stages choose their own dtype.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
 def _resolve(ref: Any) -> tuple[str, str | None, str | None]:
     """(name, revision, gguf_file) from a ModelRef, a plain string or a path to a .gguf file."""
     if isinstance(ref, (str, Path)):
