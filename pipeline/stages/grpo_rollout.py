@@ -24,6 +24,7 @@ import logging
 import time
 from typing import Any
 
+from ..rollout.backends import TransformersGenerator
 from . import curriculum
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,21 @@ def sandbox_client(endpoint: str) -> Any:
 
 def prompt_key(messages: Any) -> str:
     return json.dumps(messages, sort_keys=True)
+
+
+class _CpuGenerator(TransformersGenerator):
+    """Generation under bf16 autocast when training uses it (autocast is per thread: it is set here,
+    in the engine's generation thread)."""
+
+    def __init__(self, *a: Any, bf16: bool = False, **kw: Any):
+        super().__init__(*a, **kw)
+        self.bf16 = bf16
+
+    def generate(self, requests: list[Any]) -> list[Any]:
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return super().generate(requests)
 
 
 class RolloutFunc:
@@ -58,14 +74,16 @@ class RolloutFunc:
         self.record = {k: list(v) for k, v in (record or {}).items()}
 
     def _generator(self, trainer: Any) -> Any:
-        from ..rollout.backends import TransformersGenerator, VllmGenerator
+        from ..rollout.backends import VllmGenerator
 
         if getattr(trainer, "use_vllm", False):  # GPU: TRL keeps the colocated vLLM weights in sync
             if self._vllm_generator is None:
                 self._vllm_generator = VllmGenerator(trainer.vllm_generation.llm, self.tokenizer)
             return self._vllm_generator
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return TransformersGenerator(model, self.tokenizer, batch_size=256)
+        if trainer.args.bf16 and not trainer.args.use_cpu:
+            return TransformersGenerator(model, self.tokenizer, batch_size=256)
+        return _CpuGenerator(model, self.tokenizer, batch_size=256, bf16=bool(trainer.args.bf16))
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         from ..rollout.engine import RolloutEngine, rollout_batch
