@@ -20,12 +20,37 @@ import pytest
 from tests.chart.helmutil import REPO, one, render
 
 IMAGES = REPO / "images"
-# image -> the command its pods run (what the operator and the chart put in the pod spec)
-POD_COMMANDS = {
-    "operator": ["codeground", "operator", "run"],
-    "trainer": ["codeground", "stage", "run", "--spec", "/etc/codeground/run.yaml", "--stage", "sft"],
-    "sandbox": ["codeground", "sandbox", "serve", "--host", "0.0.0.0", "--port", "8080"],
-}
+
+
+def _pod_commands() -> dict[str, list[str]]:
+    """image -> the command its pods run, from the chart and the operator's own builders."""
+    from codeground.operator.builders import Owner, build_stage_job
+    from codeground.operator.config import OperatorConfig
+    from codeground.operator.sandbox_builders import build_sandbox_deployment
+    from codeground.pipeline.specio import parse_object
+
+    owner = Owner("codeground.dev/v1alpha1", "TrainingRun", "demo", "uid-1")
+    run = parse_object({"apiVersion": "codeground.dev/v1alpha1", "kind": "TrainingRun",
+                        "metadata": {"name": "demo", "namespace": "ns"},
+                        "spec": {"model": {"name": "tiny"}, "datasets": [{"name": "d", "source": "builtin:arith_train"}],
+                                 "stages": [{"name": "sft", "type": "sft"}]}})
+    sandbox = parse_object({"apiVersion": "codeground.dev/v1alpha1", "kind": "Sandbox",
+                            "metadata": {"name": "interpreter", "namespace": "ns"}})
+    job = build_stage_job(run, "sft", 1, owner, OperatorConfig())  # type: ignore[arg-type]
+    pool = build_sandbox_deployment(sandbox, owner, OperatorConfig(), 1)  # type: ignore[arg-type]
+
+    def command(pod_spec: dict) -> list[str]:
+        c = pod_spec["containers"][0]
+        return [*c["command"], *c.get("args", [])]
+
+    return {
+        "operator": ["codeground", "operator", "run"],  # the chart's Deployment (checked below)
+        "trainer": command(job["spec"]["template"]["spec"]),
+        "sandbox": command(pool["spec"]["template"]["spec"]),
+    }
+
+
+POD_COMMANDS = _pod_commands()
 
 
 def _instructions(image: str) -> list[tuple[str, str]]:
@@ -100,9 +125,11 @@ def test_entrypoint_serves_the_pod_command(image: str) -> None:
         assert option in p.stdout, f"`codeground {' '.join(words)}` has no {option}"
 
 
-def test_cmd_defaults_match_what_pods_run() -> None:
-    for image in ("operator", "sandbox"):
-        assert _exec_form(image, "ENTRYPOINT") + _exec_form(image, "CMD") == POD_COMMANDS[image]
+def test_cmd_defaults_start_the_service() -> None:
+    """`docker run IMAGE` with no arguments starts what the pods start (the pods pass their own flags)."""
+    assert _exec_form("operator", "ENTRYPOINT") + _exec_form("operator", "CMD") == POD_COMMANDS["operator"]
+    sandbox = _exec_form("sandbox", "ENTRYPOINT") + _exec_form("sandbox", "CMD")
+    assert sandbox[:3] == POD_COMMANDS["sandbox"][:3] and "--port" in sandbox
 
 
 def test_chart_runs_the_operator_image_entrypoint() -> None:

@@ -6,8 +6,9 @@ no containers. This module stands in for the node side, faithfully to the pod sp
 - `OperatorProcess`: runs the chart's operator container (its command, args and env as rendered in
   the installed Deployment) as a local process, authenticated as the chart's ServiceAccount with a
   token from the TokenRequest API, so the chart's RBAC is what the operator really gets.
-- `SandboxProcess`: runs a Sandbox pod's container command (and env, e.g. the session limits)
-  locally on a free loopback port instead of the pod's port 8080.
+- `SandboxProcess`: runs a Sandbox pod's container command (and env) locally on a free loopback
+  port instead of the pod's port 8080, with `--isolation gvisor` (a runsc sandbox per session)
+  standing in for the pod's gVisor RuntimeClass (`--isolation pod`).
 - `E2EKubelet`: the test bed's HarnessKubelet plus two things a node provides: the termination
   message (the stage writes it to `$CODEGROUND_TERMINATION_LOG`, which the kubelet returns as the
   container's `terminated.message`, on success too) and Service DNS (the Sandbox Service name a stage
@@ -132,6 +133,11 @@ class SandboxProcess(_Process):
         argv = _codeground_argv([*c["command"], *c.get("args", [])])
         for flag, value in (("--host", "127.0.0.1"), ("--port", str(self.port))):
             argv[argv.index(flag) + 1] = value
+        # `--isolation pod` trusts the pod's RuntimeClass (gVisor) as the boundary. Here there is no pod,
+        # so the harness stands in for it with a runsc sandbox per session: untrusted code never runs
+        # unisolated on the test machine.
+        if "--isolation" in argv:
+            argv[argv.index("--isolation") + 1] = "gvisor"
         kubelet = HarnessKubelet.__new__(HarnessKubelet)  # only for its env resolution (valueFrom, envFrom)
         kubelet.core, kubelet.namespace = core, pod["metadata"]["namespace"]
         env = {**os.environ, **kubelet._env(pod, c)}
