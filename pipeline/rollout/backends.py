@@ -278,13 +278,14 @@ class OpenAIGenerator(Generator):
     name = "openai"
 
     def __init__(self, base_url: str, model: str, *, tokenizer: Any = None, api_key: str | None = None,
-                 timeout: float = 600.0, retries: int = 3, max_concurrency: int = 64):
+                 timeout: float = 600.0, retries: int = 3, max_concurrency: int = 64, transport: Any = None,
+                 retry_delay: float = 1.0):
         import httpx
 
         self.base_url = base_url.rstrip("/")
-        self.model, self.tokenizer, self.retries = model, tokenizer, retries
+        self.model, self.tokenizer, self.retries, self.retry_delay = model, tokenizer, retries, retry_delay
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._sem = asyncio.Semaphore(max_concurrency)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
@@ -304,7 +305,7 @@ class OpenAIGenerator(Generator):
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        delay = 1.0
+        delay = self.retry_delay
         for attempt in range(self.retries + 1):
             try:
                 async with self._sem:
