@@ -194,8 +194,6 @@ class TransformersGenerator(Generator):
         stop = _StopOnBlock(self.tokenizer, width, budgets, self.eos_ids)
         temperature = max(r.temperature for r in requests)
         sample = temperature > 0
-        if requests[0].seed is not None:
-            torch.manual_seed(requests[0].seed)
         kwargs: dict[str, Any] = {"do_sample": sample}
         if sample:
             kwargs.update(temperature=temperature, top_p=self.top_p, top_k=self.top_k)
@@ -203,8 +201,12 @@ class TransformersGenerator(Generator):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         was_training = self.model.training
         self.model.eval()
+        # Seed inside a forked RNG: sampling is reproducible and the caller's (trainer's) RNG is untouched.
+        cuda = [self.device] if str(self.device).startswith("cuda") else []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                if requests[0].seed is not None:
+                    torch.manual_seed(requests[0].seed)
                 seqs = self.model.generate(
                     input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device),
                     max_new_tokens=max(budgets), stopping_criteria=StoppingCriteriaList([stop]),

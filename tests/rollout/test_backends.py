@@ -79,3 +79,56 @@ def test_vllm_is_imported_lazily():
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(CodegroundError, match="pip install"):
             VllmGenerator("some/model")
+
+
+def _tiny_model(tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def test_stop_criteria_stops_right_after_the_closing_fence(smol_tokenizer):
+    import torch
+
+    from codeground.pipeline.rollout.backends import _StopOnBlock
+
+    tok = smol_tokenizer
+    ids = tok("Plan.\n```python\nprint(1)\n```\n```output\n", add_special_tokens=False)["input_ids"]
+    stop = _StopOnBlock(tok, start=0, budgets=[1000], eos_ids={tok.eos_token_id})
+    fired_at = None
+    for k in range(1, len(ids) + 1):
+        if bool(stop(torch.tensor([ids[:k]]), None)[0]):
+            fired_at = k
+            break
+    assert stop.reason == ["code"]
+    assert tok.decode(ids[:fired_at]) == "Plan.\n```python\nprint(1)\n```\n"
+
+
+def test_transformers_generator_budgets_mode_and_rng(smol_tokenizer):
+    import torch
+
+    from codeground.pipeline.rollout.backends import TransformersGenerator
+
+    model = _tiny_model(smol_tokenizer)
+    model.train()
+    gen = TransformersGenerator(model, smol_tokenizer, batch_size=2)
+    ctx = smol_tokenizer("hello there", add_special_tokens=False)["input_ids"]
+    reqs = [GenRequest([], "", ctx, 5, 1.0, seed=7), GenRequest([], "", ctx[:1], 9, 1.0, seed=7),
+            GenRequest([], "", ctx, 3, 0.0)]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    out = gen.generate(reqs)
+    assert torch.equal(before, torch.get_rng_state())  # the trainer's RNG is untouched
+    assert model.training  # train mode restored
+    assert len(out) == 3
+    for r, res in zip(reqs, out, strict=True):
+        assert res.num_tokens <= r.max_new_tokens
+        assert res.finish in ("length", "eos", "code")
+        assert smol_tokenizer.decode(res.token_ids, skip_special_tokens=False) == res.text
+    again = gen.generate(reqs[:2])
+    assert [r.token_ids for r in again] == [r.token_ids for r in out[:2]]  # same seed, same batch: same sample
