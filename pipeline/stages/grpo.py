@@ -181,7 +181,8 @@ def run(ctx: StageContext) -> StageResult:
             records[f"phase-{k}"]["record"] = rollout.record
             previous = rollout.record
             del trainer
-    tu.save_plain_model(model, tok, ctx.out_dir / "model")
+    if tu.is_main_process():
+        tu.save_plain_model(model, tok, ctx.out_dir / "model")
     (ctx.out_dir / "per_prompt.json").write_text(json.dumps(records, indent=1))
     return StageResult(metrics=_summary(metrics_log.rows, time.monotonic() - t_start, step_times),
                        outputs={"model": "model", "metrics": "metrics.jsonl", "per_prompt": "per_prompt.json"})

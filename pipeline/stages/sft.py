@@ -116,14 +116,13 @@ def run(ctx: StageContext) -> StageResult:
     log.info("sft: %d examples (%s) from %s; %d steps of %d sequences", len(dataset), counts, source,
              config.max_steps, p.batch_size)
     metrics_log = tu.MetricsLog(ctx.out_dir / "metrics.jsonl", append=resume_from is not None)
+    if resume_from is not None:  # steps after the checkpoint are trained (and logged) again
+        metrics_log.truncate_after(int(resume_from.name.split("-")[1]))
     timing = {"t0": time.monotonic(), "steps": 0}
 
     with tu.progress_bar(f"sft {ctx.stage.name}", config.max_steps) as advance:
 
         class Report(TrainerCallback):
-            def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                timing.setdefault("first", state.global_step)
-
             def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
                 if logs and "loss" in logs and state.is_world_process_zero:
                     row = {"step": state.global_step, "loss": float(logs["loss"]),
@@ -143,7 +142,8 @@ def run(ctx: StageContext) -> StageResult:
         with tu.disk_errors("writing an sft checkpoint", last_good):
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     elapsed = time.monotonic() - timing["t0"]
-    tu.save_plain_model(trainer.model, tok, ctx.out_dir / "model")
+    if tu.is_main_process():
+        tu.save_plain_model(trainer.model, tok, ctx.out_dir / "model")
     losses = [r["loss"] for r in metrics_log.rows]
     metrics = {
         "train_loss": float(result.training_loss),
