@@ -269,6 +269,9 @@ def _drive_run(sh: Session, kube_cluster: Any, core: Any, custom: Any, run_ns: s
         prefix = key.rsplit("/", 1)[0] + "/"
         objects = [o.object_name for o in client_s3.list_objects(BUCKET, prefix=prefix, recursive=True)]
         assert len(objects) > 1, f"{name}: only {objects} under {prefix}"
+    # The teacher's code ran in the Sandbox (reached through its Service name), with no infrastructure drops.
+    distill = stages["distill"]["metrics"]
+    assert distill["tool_calls"] > 0 and distill["infra_drops"] == 0, distill
     assert stages["evaluate"]["metrics"], "evaluate reported no metrics"
     assert stages["grpo"]["metrics"], "grpo reported no metrics"
     conditions = {c["type"]: c["status"] for c in run["status"]["conditions"]}
