@@ -147,8 +147,10 @@ class TransformersGenerator(Generator):
     name = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, *, device: Any = None, batch_size: int = 32,
-                 top_p: float = 1.0, top_k: int = 0):
+                 top_p: float = 1.0, top_k: int = 0, prefix_cache: bool = True, min_prefix: int = 32):
         self.model, self.tokenizer = model, tokenizer
+        # Rows of a batch usually share the few-shot prompt: its KV cache is computed once per batch.
+        self.prefix_cache, self.min_prefix = prefix_cache, min_prefix
         self.device = device or next(model.parameters()).device
         self.batch_size, self.top_p, self.top_k = batch_size, top_p, top_k
         self.eos_ids = self._eos_ids()
@@ -172,6 +174,34 @@ class TransformersGenerator(Generator):
                 ids.add(int(e))
         return ids
 
+    def _shared_prefix(self, contexts: list[list[int]]) -> list[int]:
+        """The longest token prefix every row shares (the few-shot prompt), when caching it pays off."""
+        if not self.prefix_cache or len(contexts) < 2:
+            return []
+        first = contexts[0]
+        n = min(len(c) for c in contexts) - 1  # every row keeps at least one token to feed
+        for c in contexts[1:]:
+            k = 0
+            while k < n and c[k] == first[k]:
+                k += 1
+            n = k
+        return first[:n] if n >= self.min_prefix else []
+
+    def _prefix_cache(self, prefix: list[int], batch: int) -> Any:
+        """The KV cache of ``prefix``, computed once and repeated for every row."""
+        import torch
+
+        try:
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(batch)
+            return cache
+        except Exception as exc:  # noqa: BLE001 - a model without a repeatable cache: no prefix caching
+            log.info("prefix caching off for %s: %s", type(self.model).__name__, exc)
+            self.prefix_cache = False
+            return None
+
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         out: list[GenResult] = []
         for i in range(0, len(requests), self.batch_size):
@@ -183,10 +213,18 @@ class TransformersGenerator(Generator):
         from transformers import StoppingCriteriaList
 
         contexts = [r.context_ids or [] for r in requests]
-        width = max(len(c) for c in contexts)
+        prefix = self._shared_prefix(contexts)
+        # Rows are [shared prefix][left padding][own suffix]: positions come from the attention mask's
+        # cumulative sum, so the padding in the middle changes nothing the model computes.
+        suffixes = [c[len(prefix):] for c in contexts]
+        width_s = max(len(c) for c in suffixes)
+        width = len(prefix) + width_s
         input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(contexts), width), dtype=torch.long)
-        for i, c in enumerate(contexts):
+        if prefix:
+            input_ids[:, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+            attn[:, : len(prefix)] = 1
+        for i, c in enumerate(suffixes):
             if c:
                 input_ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
                 attn[i, width - len(c):] = 1
@@ -204,13 +242,17 @@ class TransformersGenerator(Generator):
         # Seed inside a forked RNG: sampling is reproducible and the caller's (trainer's) RNG is untouched.
         cuda = [self.device] if str(self.device).startswith("cuda") else []
         try:
+            cache = self._prefix_cache(prefix, len(contexts)) if prefix else None
+            if prefix and cache is None:  # caching failed: feed the prefix like any other token
+                return self._generate_batch(requests)
             with torch.no_grad(), torch.random.fork_rng(devices=cuda):
                 if requests[0].seed is not None:
                     torch.manual_seed(requests[0].seed)
                 seqs = self.model.generate(
                     input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device),
                     max_new_tokens=max(budgets), stopping_criteria=StoppingCriteriaList([stop]),
-                    pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids), use_cache=True, **kwargs,
+                    pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids), use_cache=True,
+                    **({"past_key_values": cache} if cache is not None else {}), **kwargs,
                 )
         finally:
             if was_training:

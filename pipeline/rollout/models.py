@@ -149,7 +149,7 @@ def load_model(ref: Any, *, dtype: Any = None, device: str | None = None) -> tup
         name = _fetch_s3(name)
     if name.startswith("hf:"):
         name = name[3:]
-    if Path(name).exists() is False and ("/" not in name or name.startswith((".", "/"))):
+    if not Path(name).exists() and name.startswith((".", "/", "~")):
         raise StageError(f"model {name!r} does not exist (expected a hub id org/name, a folder, a .gguf file or s3://)")
     try:
         if gguf:

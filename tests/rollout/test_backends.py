@@ -132,3 +132,21 @@ def test_transformers_generator_budgets_mode_and_rng(smol_tokenizer):
         assert smol_tokenizer.decode(res.token_ids, skip_special_tokens=False) == res.text
     again = gen.generate(reqs[:2])
     assert [r.token_ids for r in again] == [r.token_ids for r in out[:2]]  # same seed, same batch: same sample
+
+
+def test_shared_prefix_cache_gives_the_same_tokens(smol_tokenizer):
+    import torch
+
+    from codeground.pipeline.rollout.backends import TransformersGenerator
+
+    model = _tiny_model(smol_tokenizer)
+    with torch.no_grad():  # peaked logits: greedy decoding has no near-ties to flip
+        for p in model.parameters():
+            p.mul_(8.0)
+    shared = smol_tokenizer("You are a helpful assistant that solves problems. " * 6, add_special_tokens=False)["input_ids"]
+    reqs = [GenRequest([], "", shared + smol_tokenizer(f" question {i}" * (i + 1), add_special_tokens=False)["input_ids"],
+                       12, 0.0) for i in range(3)]
+    cached = TransformersGenerator(model, smol_tokenizer, min_prefix=8)
+    assert len(cached._shared_prefix([r.context_ids for r in reqs])) >= len(shared) - 1
+    plain = TransformersGenerator(model, smol_tokenizer, prefix_cache=False)
+    assert [r.token_ids for r in cached.generate(reqs)] == [r.token_ids for r in plain.generate(reqs)]
