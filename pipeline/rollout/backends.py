@@ -259,7 +259,8 @@ class TransformersGenerator(Generator):
                 self.model.train()
         results = []
         for i, row in enumerate(seqs[:, width:].tolist()):
-            n = stop.stop_at[i] if stop.stop_at[i] is not None else min(len(row), budgets[i])
+            stopped = stop.stop_at[i]
+            n = stopped if stopped is not None else min(len(row), budgets[i])
             ids, reason = row[:n], stop.reason[i]
             if reason == "eos":
                 ids = ids[:-1]  # the end-of-turn token is not part of the text; encode_trajectory adds it back

@@ -117,7 +117,7 @@ def _plain_from_gguf(folder: str, gguf_file: str, dtype: Any) -> Path:
     # A GGUF-loaded model carries a quantization config that save_pretrained refuses to write out.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
     try:
@@ -162,7 +162,7 @@ def load_model(ref: Any, *, dtype: Any = None, device: str | None = None) -> tup
             tok = AutoTokenizer.from_pretrained(name, **kw)
     except OSError as exc:
         raise StageError(f"cannot load model {name!r}: {exc}") from exc
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
