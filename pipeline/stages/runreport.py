@@ -10,7 +10,7 @@ Plots: reward (and accuracy) per GRPO step with phase boundaries, SFT loss per s
 and grounding rate per evaluate stage (in spec order, so base → sft → grpo reads left to right), and
 tool calls per problem for each evaluate stage.
 
-What it does not do: judge significance (a 40-problem greedy evaluation moves in steps of 2.5 points).
+What it does not do: judge significance (the quickstart's 24-problem greedy evaluation moves in steps of ~4 points).
 """
 
 from __future__ import annotations
