@@ -14,7 +14,8 @@ arithmetic is unreliable for a small model and a one-line ``print`` solves it):
 
 ``arith_train`` mixes levels 1 and 2 (2,000 problems); ``arith_test`` the same levels (200 problems,
 another seed, none of whose texts occur in ``arith_train``). Measured on SmolLM2-135M-Instruct with the
-3-shot code prompt (see docs/rollouts.md): level 1 is often solved, level 2 rarely: room to learn.
+3-shot code prompt, greedy, 16 problems per level: level 0 81%, level 1 31%, level 2 6%, level 3 6%;
+``arith_test`` (first 32) 25%. Room to learn, and enough right answers to distill from.
 
 What it does not guarantee: natural-sounding English, or that levels are equally hard for every model.
 """
