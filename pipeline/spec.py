@@ -177,6 +177,10 @@ class DistillParams(ApiModel):
 
     dataset: str = Field(..., max_length=63, description="Name of a dataset in spec.datasets.")
     shots: int = Field(3, ge=0, le=8, description="Worked examples in the prompt.")
+    template: str | None = Field(
+        None, max_length=512,
+        description="Prompt template: a name in pipeline/templates (code_reasoning, thinc) or a .md path; default code_reasoning.",
+    )
     samples_per_problem: int = Field(1, ge=1, le=256, description="Trajectories sampled per problem.")
     max_tool_calls: int = Field(20, ge=1, le=1000, description="Code blocks executed per trajectory.")
     max_tokens: int = Field(4096, ge=16, le=1048576, description="Tokens generated per trajectory (model and interpreter).")
@@ -248,6 +252,11 @@ class EvaluateParams(ApiModel):
         ..., min_length=1, max_length=32, description="Names of datasets in spec.datasets."
     )
     samples: int = Field(16, ge=1, le=1024, description="Samples per problem (k).")
+    shots: int = Field(3, ge=0, le=8, description="Worked examples in the prompt (keep the distill stage's format).")
+    template: str | None = Field(
+        None, max_length=512,
+        description="Prompt template: a name in pipeline/templates (code_reasoning, thinc) or a .md path; default code_reasoning.",
+    )
     temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature.")
     max_tool_calls: int = Field(20, ge=0, le=1000, description="Code blocks executed per trajectory.")
     max_tokens: int = Field(4096, ge=16, le=1048576, description="Tokens per trajectory (model and interpreter).")

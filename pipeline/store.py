@@ -35,6 +35,8 @@ from typing import Any
 from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 CHUNK = 1 << 20
 
 
@@ -228,6 +230,7 @@ class LocalStore(ArtifactStore):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual mode
             with os.fdopen(fd, "wb") as f:
                 writer(f)
             os.replace(tmp, target)

@@ -2,8 +2,7 @@
 
 Called by the stage registry as ``run(ctx)``. The model is the latest sft/grpo artifact upstream, or
 ``spec.model`` (``ctx.model_source()``). For every benchmark in ``evaluate.benchmarks`` it samples
-``samples`` trajectories per problem with the few-shot prompt (3 shots, or ``evaluate.shots`` when the
-spec has it) through the rollout engine and the sandbox, then computes the metrics of
+``samples`` trajectories per problem with the few-shot prompt of ``evaluate.shots`` and ``evaluate.template`` through the rollout engine and the sandbox, then computes the metrics of
 :mod:`codeground.pipeline.rollout.metrics` per benchmark and over all of them.
 
 Writes to ``ctx.out_dir``: ``metrics.json`` (per benchmark, overall, the tool-call histogram, rollout
@@ -53,7 +52,7 @@ def run(ctx: StageContext) -> StageResult:
     spec = ctx.run.spec
     if not ctx.sandbox_endpoint:
         raise StageError("evaluate needs the sandbox: set CODEGROUND_SANDBOX_URL or run through `codeground run`")
-    shots = int(getattr(params, "shots", 3))
+    shots = params.shots
     benches = {}
     for name in params.benchmarks:
         ds = load_dataset_ref(spec.dataset(name), s3_endpoint=spec.artifacts.endpoint)
@@ -81,6 +80,7 @@ def run(ctx: StageContext) -> StageResult:
             engine = RolloutEngine(
                 generator, ctx.sandbox_endpoint, max_tool_calls=params.max_tool_calls, max_tokens=params.max_tokens,
                 temperature=params.temperature, concurrency=concurrency, seed=spec.seed, shots=shots,
+                template=params.template,
                 on_trajectory=on_traj,
             )
             problems = [dict(p, source=name) for p in ds.problems]

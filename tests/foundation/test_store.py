@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from codeground.pipeline.errors import ArtifactError
@@ -35,6 +37,14 @@ def check_store_contract(store, tmp_path):
 
 def test_local_store_contract(tmp_path):
     check_store_contract(LocalStore(tmp_path / "store"), tmp_path)
+    mode = (tmp_path / "store" / "r1" / "sft" / "manifest.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask(), oct(mode)  # readable like any file, not mkstemp's 0600
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
 
 
 class FailingStore(LocalStore):
