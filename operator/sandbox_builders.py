@@ -5,14 +5,14 @@ Called by :mod:`codeground.operator.sandboxes`. No I/O. Also holds the pool-sizi
 
 Hardening of every pod: the RuntimeClass from the spec (gVisor by default), no service-account token,
 read-only root filesystem with a size-limited in-memory scratch volume at /tmp, every capability
-dropped but the five the server needs to give each session its own uid, no privilege escalation,
+dropped but the six the server needs to give each session its own uid, no privilege escalation,
 seccomp RuntimeDefault, requests = limits.
 
 Why not non-root with all capabilities dropped, as issue 8 first asked: a pod holds many sessions,
 and sessions that share one uid can read each other's files and kill each other's processes (the
 server's too). The server therefore starts as uid 0 *inside the gVisor sandbox* (gVisor's user-space
-kernel, not the host's: root there is not root on the node) with only SETUID, SETGID, CHOWN, FOWNER and
-KILL, and runs every session under a uid of its own (``sandbox serve --isolation pod``). The
+kernel, not the host's: root there is not root on the node) with only SETUID, SETGID, CHOWN, DAC_OVERRIDE,
+FOWNER and KILL, and runs every session under a uid of its own (``sandbox serve --isolation pod``). The
 NetworkPolicy denies all egress and admits ingress only from pods labelled for this Sandbox (the
 operator labels the stage pods of runs that name it).
 
@@ -36,7 +36,7 @@ from .config import OperatorConfig
 ROLLOUT_CONCURRENCY = 64
 # The server's capabilities in --isolation pod: switch to a session uid, hand it its scratch dir, kill
 # what the session left behind. Everything else is dropped.
-SERVER_CAPABILITIES = ["CHOWN", "FOWNER", "KILL", "SETGID", "SETUID"]
+SERVER_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"]
 
 
 def stage_sessions(stage: api.StageSpec) -> int:

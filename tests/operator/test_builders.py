@@ -110,7 +110,7 @@ def test_sandbox_deployment_is_hardened(owner, config):
     # root inside gVisor with only what per-session uids need (see sandbox_builders' docstring)
     assert sc["runAsUser"] == 0 and sc["privileged"] is False
     assert sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "KILL", "SETGID", "SETUID"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"]}
     assert c["command"][c["command"].index("--isolation") + 1] == "pod"
     assert sc["allowPrivilegeEscalation"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
