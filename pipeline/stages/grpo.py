@@ -114,8 +114,9 @@ def _resume_state(ctx: StageContext, root: Path) -> tuple[Path | None, dict[str,
         return None, {}
     tu.restore_checkpoint(ctx, root)
     found: list[tuple[int, int, Path]] = []
+    expected = tu.fingerprint(ctx)
     for phase_dir in sorted(root.glob("phase-*")):
-        tu.remove_incomplete(phase_dir)
+        tu.remove_incomplete(phase_dir, expected)
         for c in tu.complete_checkpoints(phase_dir):
             found.append((int(phase_dir.name.split("-")[1]), int(c.name.split("-")[1]), c))
     if not found:

@@ -162,7 +162,7 @@ def _resume_point(ctx: StageContext, ckpt_root: Path) -> Path | None:
         shutil.rmtree(ckpt_root, ignore_errors=True)
         return None
     tu.restore_checkpoint(ctx, ckpt_root)
-    tu.remove_incomplete(ckpt_root)
+    tu.remove_incomplete(ckpt_root, tu.fingerprint(ctx))
     found = tu.complete_checkpoints(ckpt_root)
     if found:
         log.info("sft: resuming from %s", found[-1])

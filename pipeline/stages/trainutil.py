@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"  # written last into a checkpoint folder: the checkpoint is whole
 STATE_FILE = "codeground_state.json"  # stage-specific state saved beside TRL's files
+FINGERPRINT = "FINGERPRINT"  # what the checkpoint was trained from: stage parameters + upstream manifests
 
 
 # ----------------------------------------------------------------------------- hardware
@@ -166,13 +167,35 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=_step_of)
 
 
-def remove_incomplete(folder: Path) -> None:
-    """Delete checkpoint folders without the COMPLETE marker (cut short); TRL would otherwise resume them."""
+def fingerprint(ctx: Any) -> str:
+    """Identity of what a stage trains: its parameters, the run's seed and every upstream manifest's sha256.
+
+    A checkpoint with another fingerprint (the spec or an upstream stage changed since) is never resumed.
+    """
+    import hashlib
+
+    doc = {"params": ctx.stage.params().model_dump(by_alias=True, mode="json"), "seed": ctx.run.spec.seed,
+           "model": ctx.run.spec.model.model_dump(mode="json"), "inputs": [i["sha256"] for i in ctx.inputs()]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def remove_incomplete(folder: Path, expected: str | None = None) -> None:
+    """Delete checkpoints cut short (no COMPLETE) or trained from something else (fingerprint differs)."""
     if folder.is_dir():
         for p in folder.glob("checkpoint-*"):
             if not (p / COMPLETE).exists():
                 log.warning("removing incomplete checkpoint %s", p)
                 shutil.rmtree(p, ignore_errors=True)
+            elif expected is not None and _read(p / FINGERPRINT) != expected:
+                log.warning("removing checkpoint %s: the spec or an upstream stage changed since it was written", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def store_checkpoint_prefix(ctx: Any) -> str:
@@ -213,6 +236,8 @@ def make_checkpoint_callback(ctx: Any, local_root: Path, extra_state: Callable[[
     """A TrainerCallback that, after each save, writes our state file and COMPLETE, then mirrors."""
     from transformers import TrainerCallback
 
+    stamp = fingerprint(ctx)
+
     class CheckpointMirror(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if not state.is_world_process_zero:
@@ -223,6 +248,7 @@ def make_checkpoint_callback(ctx: Any, local_root: Path, extra_state: Callable[[
             with disk_errors(f"writing checkpoint {ckpt}", lambda: str(_previous(ckpt))):
                 if extra_state is not None:
                     (ckpt / STATE_FILE).write_text(json.dumps(extra_state()))
+                (ckpt / FINGERPRINT).write_text(stamp + "\n")
                 (ckpt / COMPLETE).write_text("ok\n")
             for old in complete_checkpoints(ckpt.parent)[:-2]:  # keep two locally
                 shutil.rmtree(old, ignore_errors=True)

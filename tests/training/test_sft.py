@@ -159,3 +159,17 @@ def test_missing_model_and_missing_chat_template(tmp_path, tiny_model, fake_dist
         extra.unlink()
     status = _run(tmp_path, spec(str(bare)))
     assert "no chat template" in status["stages"][1]["message"], status["stages"][1]["message"]
+
+
+def test_checkpoints_from_another_spec_or_input_are_not_resumed(tmp_path):
+    from codeground.pipeline.stages import trainutil as tu
+
+    for step, stamp in ((2, "old"), (4, "new"), (6, None)):
+        c = tmp_path / f"checkpoint-{step}"
+        c.mkdir()
+        if stamp:
+            (c / tu.FINGERPRINT).write_text(stamp + "\n")
+            (c / tu.COMPLETE).write_text("ok\n")
+    tu.remove_incomplete(tmp_path, "new")
+    assert [p.name for p in tu.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
+    assert not (tmp_path / "checkpoint-6").exists()
