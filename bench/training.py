@@ -120,7 +120,7 @@ def write(out: str, sft: dict, rows: list[dict], wall: float | None, source: str
         "device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "sft": {"steps": sft["steps"], "seconds_per_step": sft["seconds_per_step"], "examples": sft.get("examples"),
                 "sequences": "~600 tokens (3-shot prompt + solution)"},
-        "grpo": {"steps": len(rows), "batch": "4 prompts × 4 samples, 3-shot prompts",
+        "grpo": {"steps": len(rows), "batch": "promptsPerStep × numGenerations of the run (quickstart: 3 × 4; bench default: 4 × 4), 3-shot prompts",
                  "seconds_per_step": mean("step_s"), "generation_s": mean("generation_s"),
                  "execution_s": mean("execution_s"), "rollout_s": mean("rollout_s"), "training_s": mean("train_s"),
                  "response_tokens": mean("response_tokens"), "tool_calls": mean("tool_calls")},
