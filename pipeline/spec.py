@@ -140,6 +140,16 @@ class DatasetRef(ApiModel):
     decontaminate: bool = Field(
         True, description="Drop problems that also appear in any evaluate stage's benchmarks (training sets only)."
     )
+    decontaminate_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description=(
+            "A training problem counts as a copy of an evaluation problem when its words match with at least "
+            "this similarity (difflib ratio; LaTeX punctuation ignored) and it has the same set of numbers; "
+            "1 drops exact copies only."
+        ),
+    )
 
 
 class SandboxLimits(ApiModel):

@@ -6,6 +6,7 @@ import pytest
 
 from codeground.pipeline import arith
 from codeground.pipeline.datasets import (
+    REPO_DATA,
     LoadedDataset,
     decontaminate,
     load_dataset_ref,
@@ -68,6 +69,53 @@ def test_decontamination_by_normalised_text():
     kept, dropped = decontaminate(train, [test])
     assert dropped == ["a"] and [p["id"] for p in kept.problems] == ["b"]
     assert normalize_problem_text("A\u00a0 B") == "a b"
+
+
+def test_near_duplicates_are_dropped_but_templated_variants_kept():
+    evals = LoadedDataset("e", [
+        {"id": "e1", "problem": "When the roots of $P(x) = (x-1)^1 (x-2)^2 \\cdots (x-10)^{10}$ are removed from the "
+                                "number line, what remains is the union of $11$ disjoint open intervals. On how many "
+                                "of these intervals is $P(x)$ positive?", "answer": "6"},
+        {"id": "e2", "problem": "A shop has 1234 apples. It receives 567 more apples. How many apples does the shop "
+                                "have now?", "answer": "1801"},
+    ])
+    train = LoadedDataset("t", [
+        # e1 reformatted and reworded at the end: a copy
+        {"id": "copy", "problem": "When the roots of the polynomial \\[P(x) = (x-1)^1 (x-2)^2 \\cdots (x-10)^{10}\\] "
+                                  "are removed from the number line, what remains is the union of 11 disjoint open "
+                                  "intervals. Find the number of these intervals on which \\( P(x) \\) is positive.",
+         "answer": "6"},
+        # e2's template with other numbers: a different problem
+        {"id": "variant", "problem": "A shop has 4321 apples. It receives 765 more apples. How many apples does the "
+                                     "shop have now?", "answer": "5086"},
+        {"id": "other", "problem": "Compute the sum of the first 100 positive integers.", "answer": "5050"},
+    ])
+    kept, dropped = decontaminate(train, [evals])
+    assert dropped == ["copy"] and [p["id"] for p in kept.problems] == ["variant", "other"]
+    # similarity 1: exact copies only
+    assert decontaminate(train, [evals], similarity=1.0)[1] == []
+    with pytest.raises(ValueError, match="similarity"):
+        decontaminate(train, [evals], similarity=0)
+
+
+DAPO_LISTED = {  # the near-duplicates ../shared/datasets/README.md lists by hand (amc23 and math500)
+    15119, 15925, 15134, 14007, 15144, 15155, 15159, 14525, 15160, 15941, 13984, 15108, 15991, 15127, 15135, 15111,
+    6036, 5566, 6019, 17034, 4815, 17083, 16163, 15926, 17018, 5990, 5663, 5910, 5803}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO_DATA / "dapo_math_17k.jsonl").is_file(), reason="../shared/datasets is not beside the checkout")
+def test_dapo_decontamination_catches_every_listed_near_duplicate():
+    evals = [load_source(f"builtin:{n}") for n in ("aime24", "aime25", "amc23", "math500", "gsm8k_test")]
+    dapo = load_source("builtin:dapo_math_17k")
+    kept, dropped = decontaminate(dapo, evals)
+    assert {f"dapo_math_17k-{i}" for i in DAPO_LISTED} <= set(dropped)
+    # a handful beyond the list (more AMC 2023 rewordings), not a sweep of the 17k
+    assert len(dropped) < 100 and len(kept) == len(dapo) - len(dropped)
+    numeric = load_source("builtin:math_train_numeric_3k")
+    assert "math_train_numeric_3k-985" in decontaminate(numeric, evals)[1]  # ~ math500-386, same answer
+    # generated train/test sets share templates, not problems: nothing is dropped
+    assert decontaminate(load_source("builtin:arith_train"), [load_source("builtin:arith_test")])[1] == []
 
 
 def test_arith_is_deterministic_and_train_test_disjoint():
