@@ -211,6 +211,18 @@ class SFTParams(ApiModel):
     micro_batch_size: int = Field(1, ge=1, le=4096, description="Sequences per device per forward pass.")
     epochs: float = Field(3, gt=0, le=1000, description="Passes over the kept trajectories.")
     max_length: int = Field(32768, ge=32, le=1048576, description="Longest sequence in tokens; longer ones are dropped.")
+    shots: int | None = Field(
+        None, ge=0, le=8,
+        description=(
+            "Train under the student's prompt: every trajectory is re-prompted with this many worked examples "
+            "of `template` (its solution is kept as is). Unset, and template unset too: train on the prompt "
+            "the teacher was given. Later grpo stages use the same prompt."
+        ),
+    )
+    template: str | None = Field(
+        None, max_length=512,
+        description="Template of the student's prompt (a name in pipeline/templates or a .md path); setting it re-prompts like shots (3 by default).",
+    )
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             "self.batchSize % self.microBatchSize == 0",

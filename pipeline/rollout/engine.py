@@ -443,7 +443,7 @@ class RolloutEngine:
 
 
 def rollout_batch(engine: RolloutEngine, tokenizer: Any, problems: list[dict[str, Any]], samples: int = 1,
-                  max_completion_length: int | None = None) -> tuple[list[Trajectory], dict[str, list[Any]]]:
+                  max_completion_length: int | None = None) -> tuple[list[Trajectory], dict[str, Any]]:
     """Run rollouts and return them with TRL ``rollout_func`` columns.
 
     Columns: ``prompt_ids``, ``completion_ids``, ``env_mask`` (1 model / 0 interpreter), ``logprobs``

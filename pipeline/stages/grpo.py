@@ -8,8 +8,9 @@ per-prompt record to ``out/per_prompt.json``.
 The recipe (CIR/THINC): no KL term (``beta=0`` loads no reference model), no entropy bonus, the
 verifiable reward :func:`..rewards.math_reward`, interpreter tokens masked from the loss (``env_mask``
 from :mod:`.grpo_rollout`). Each curriculum phase gets a new trainer with its own budget (max length,
-tool calls, steps) and prompt set; the model and the optimizer state carry over. Prompts use the same
-few-shot template and shot count as the run's distill stage, the format the SFT model learned.
+tool calls, steps) and prompt set; the model and the optimizer state carry over. Prompts use the format the SFT model
+learned: the sft stage's student prompt (``sft.shots`` / ``sft.template``) when it set one, else the
+distill stage's template and shot count.
 
 Checkpoints: every ``checkpointEvery`` steps and at each phase end, under ``phase-K/checkpoint-N``
 with the curriculum state inside; ``--resume`` continues mid-phase from the newest complete one.
@@ -48,7 +49,12 @@ def load_problems(ctx: StageContext, shots: int, template: str | None) -> list[d
 
 
 def prompt_format(ctx: StageContext) -> tuple[int, str | None]:
-    """Shots and template of the run's distill stage (what the SFT model was trained on), else 3-shot default."""
+    """The prompt the SFT model was trained on: the sft stage's student prompt when it set one, else the
+    distill stage's shots and template, else the 3-shot default."""
+    sft = ctx.latest("sft")
+    if sft is not None and (sft.parameters.get("shots") is not None or sft.parameters.get("template") is not None):
+        shots = sft.parameters.get("shots")
+        return (3 if shots is None else int(shots)), sft.parameters.get("template")
     distill = ctx.latest("distill")
     if distill is None:
         return 3, None

@@ -38,7 +38,7 @@ def collect(store: ArtifactStore, run: str) -> dict[str, Any]:
             for role in ("metrics",):
                 rel = manifest.outputs.get(role)
                 key = f"{run}/{st['name']}/{rel}" if rel else None
-                if key and store.exists(key):
+                if rel and key and store.exists(key):
                     data = store.get_bytes(key).decode()
                     if rel.endswith(".jsonl"):
                         entry["rows"] = [json.loads(x) for x in data.splitlines() if x.strip()]

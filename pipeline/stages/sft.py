@@ -7,7 +7,9 @@ stage's model (else ``spec.model``) and writes a plain HF checkpoint to ``out/mo
 Loss only on the model's own tokens: each trajectory is pre-tokenised by
 :func:`..rollout.tokenize.encode_trajectory` segment by segment, and ``labels`` are -100 on the prompt
 and on every interpreter ```output block (TRL's ``assistant_only_loss`` cannot mask blocks inside an
-assistant turn). Sequences longer than ``sft.maxLength`` are dropped, not cut (a cut trajectory
+assistant turn). With ``sft.shots`` / ``sft.template`` each trajectory is first re-prompted with the
+student's prompt, so a teacher may have seen a richer one (context distillation); otherwise the
+student trains on the teacher's prompt as written. Sequences longer than ``sft.maxLength`` are dropped, not cut (a cut trajectory
 teaches the model to stop mid-solution). The global batch ``sft.batchSize`` is reached with gradient
 accumulation over ``microBatchSize`` × world size.
 
@@ -48,6 +50,26 @@ def load_trajectories(ctx: StageContext) -> list[Any]:
             f"stage {ctx.stage.name}: distill stage {manifest.stage!r} kept zero trajectories, nothing to train on. "
             "Loosen spec.stages[].distill.filters, sample more (samplesPerProblem) or use easier problems")
     return trajs
+
+
+def student_prompt(params: Any) -> tuple[int, str | None] | None:
+    """(shots, template) the trajectories are re-prompted with, or None to keep the teacher's prompt."""
+    if params.shots is None and params.template is None:
+        return None
+    return (3 if params.shots is None else params.shots), params.template
+
+
+def reprompt(trajectories: list[Any], shots: int, template: str | None) -> list[Any]:
+    """The trajectories with the student's prompt in place of the teacher's (solutions untouched)."""
+    from dataclasses import replace
+
+    from ..rollout.prompts import build_messages
+
+    missing = [t.problem_id for t in trajectories if not t.problem.strip()]
+    if missing:
+        raise StageError(f"sft.shots/sft.template re-prompt trajectories from their problem text, but "
+                         f"{len(missing)} have none (e.g. {missing[0]!r}); unset them to train on the teacher's prompt")
+    return [replace(t, prompt=build_messages(t.problem, shots, template)) for t in trajectories]
 
 
 def build_dataset(tok: Any, trajectories: list[Any], max_length: int) -> tuple[Any, dict[str, int]]:
@@ -108,6 +130,11 @@ def run(ctx: StageContext) -> StageResult:
 
     p = ctx.params
     trajectories = load_trajectories(ctx)
+    student = student_prompt(p)
+    if student is not None:
+        trajectories = reprompt(trajectories, *student)
+        log.info("sft: trajectories re-prompted with the student's prompt (%d shots of %s)", student[0],
+                 student[1] or "the default template")
     model, tok, source = tu.load_start_model(ctx)
     dataset, counts = build_dataset(tok, trajectories, p.max_length)
     ckpt_root = ctx.checkpoint_dir / "sft"

@@ -173,3 +173,42 @@ def test_checkpoints_from_another_spec_or_input_are_not_resumed(tmp_path):
     tu.remove_incomplete(tmp_path, "new")
     assert [p.name for p in tu.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
     assert not (tmp_path / "checkpoint-6").exists()
+
+
+def test_student_prompt_replaces_the_teachers_and_keeps_the_solution(chatml_tokenizer):
+    from codeground.pipeline.rollout.prompts import build_messages
+    from codeground.pipeline.spec import SFTParams
+    from codeground.pipeline.stages.sft import build_dataset, reprompt, student_prompt
+
+    assert student_prompt(SFTParams()) is None  # default: train on the teacher's prompt
+    assert student_prompt(SFTParams(shots=0)) == (0, None)
+    assert student_prompt(SFTParams(template="thinc")) == (3, "thinc")
+    teacher = hand_trajectories(2)
+    student = reprompt(teacher, 1, None)
+    assert student[0].prompt == build_messages(teacher[0].problem, 1) != teacher[0].prompt
+    assert [s.segments for s in student] == [t.segments for t in teacher]
+    # the labels (model tokens) are the same; only the unlabelled prompt changed
+    ds_t, _ = build_dataset(chatml_tokenizer, teacher, 4096)
+    ds_s, _ = build_dataset(chatml_tokenizer, student, 4096)
+    trained = lambda row: [x for x in row["labels"] if x != -100]  # noqa: E731
+    assert trained(ds_t[0]) == trained(ds_s[0]) and len(ds_s[0]["input_ids"]) != len(ds_t[0]["input_ids"])
+    teacher[1].problem = ""
+    with pytest.raises(StageError, match="have none"):
+        reprompt(teacher, 1, None)
+
+
+def test_grpo_prompts_like_the_sft_student(tmp_path):
+    from types import SimpleNamespace
+
+    from codeground.pipeline.stages.grpo import prompt_format
+
+    def ctx(**by_type):
+        manifests = {t: SimpleNamespace(type=t, parameters=p) for t, p in by_type.items()}
+        return SimpleNamespace(latest=lambda *types: next((m for t, m in manifests.items() if t in types), None))
+
+    assert prompt_format(ctx()) == (3, None)
+    assert prompt_format(ctx(distill={"shots": 7, "template": "arith_teacher"})) == (7, "arith_teacher")
+    sft_plain = {"shots": None, "template": None}
+    assert prompt_format(ctx(distill={"shots": 7, "template": "arith_teacher"}, sft=sft_plain)) == (7, "arith_teacher")
+    assert prompt_format(ctx(distill={"shots": 7, "template": "arith_teacher"},
+                             sft={"shots": 3, "template": None})) == (3, None)
