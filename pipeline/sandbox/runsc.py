@@ -6,7 +6,9 @@ its output is unit-tested without gVisor.
 
 The gVisor bundle: an empty read-only root (only mount points and `bin -> usr/bin` links), read-only
 binds of /usr, /lib, /lib64, the real Python install and the venv (both at their host paths, so the
-interpreter's rpath and `sys.prefix` keep working), a size-limited tmpfs on /tmp as the session's scratch
+interpreter's rpath and `sys.prefix` keep working; a folder that lies under /tmp, such as a venv of a
+checkout in /tmp, is bound under /.host instead, so the session's scratch starts empty), a size-limited
+tmpfs on /tmp as the session's scratch
 dir, an explicit environment, uid/gid 65534 and rlimits for memory, processes, file size. `runsc run`
 is rootless with `--network=none`: the sandbox has loopback only. Everything the session wrote lives in
 the sandbox's memory and disappears with it.
@@ -87,6 +89,18 @@ def output_spool_bytes(config: SandboxConfig) -> int:
     return 4 * config.max_output_bytes + (1 << 20)
 
 
+HOST_PREFIX = "/.host"
+
+
+def sandbox_path(path: str) -> str:
+    """Where host folder ``path`` is bound inside the sandbox: at its own path, unless that lies in the
+    session's scratch or output tmpfs, which must start empty — then under ``/.host``."""
+    for inner in (SCRATCH, OUTDIR):
+        if path == inner or path.startswith(inner.rstrip("/") + "/"):
+            return HOST_PREFIX + path
+    return path
+
+
 def python_of(config: SandboxConfig) -> str:
     return config.python_executable or sys.executable
 
@@ -94,7 +108,8 @@ def python_of(config: SandboxConfig) -> str:
 def python_binds(python: str | None = None) -> list[str]:
     """Host folders the sandboxed interpreter needs besides /usr and /lib*: its install and the venv."""
     python = python or sys.executable
-    candidates = [os.path.realpath(os.path.dirname(os.path.realpath(python))), os.path.dirname(os.path.dirname(python))]
+    # The real interpreter's install prefix (bin/ and lib/ with the standard library) and the venv.
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(python))), os.path.dirname(os.path.dirname(python))]
     if python == sys.executable:  # the service's own interpreter: its venv and site-packages too
         candidates += [os.path.realpath(sys.base_prefix), sys.prefix, sysconfig.get_paths()["purelib"],
                        sysconfig.get_paths()["platlib"]]
@@ -118,7 +133,8 @@ def build_oci_spec(config: SandboxConfig, *, args: list[str], binds: list[str], 
          "options": ["nosuid", "nodev", "mode=1777", f"size={output_spool_bytes(config)}"]},
     ]
     for path in ["/usr", "/lib", "/lib64", *binds]:
-        mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]})
+        mounts.append({"destination": sandbox_path(path), "type": "bind", "source": path,
+                       "options": ["rbind", "ro", "nosuid", "nodev"]})
 
     def rlimit(kind: str, value: int) -> dict[str, Any]:
         return {"type": kind, "hard": int(value), "soft": int(value)}
@@ -178,7 +194,8 @@ class RunscLauncher:
         self.state = os.path.join(workdir, "runsc-state")
         self.bundle = os.path.join(workdir, "bundle")
         binds = python_binds(python_of(config))
-        spec = build_oci_spec(config, args=worker_argv(python_of(config), config, SCRATCH, OUTDIR), binds=binds)
+        python = sandbox_path(python_of(config))
+        spec = build_oci_spec(config, args=worker_argv(python, config, SCRATCH, OUTDIR), binds=binds)
         ensure_bundle(self.bundle, spec)
         os.makedirs(self.state, mode=0o700, exist_ok=True)
         log.info("gVisor bundle at %s (binds: %s)", self.bundle, ", ".join(binds))

@@ -103,6 +103,19 @@ def test_sessions_are_isolated(client: SandboxClient) -> None:
         client.close_session(b)
 
 
+def test_a_venv_under_tmp_leaves_the_scratch_empty(tmp_path) -> None:
+    """A checkout in /tmp (CI clones often are) has its venv there: the session's /tmp still starts empty."""
+    require_runsc()
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    config = SandboxConfig(**{**TEST_CONFIG, "warm_pool": 0, "python_executable": str(venv / "bin" / "python")})
+    with local_sandbox(config) as url, SandboxClient(url) as client:
+        sid = client.create_session()
+        r = client.execute(sid, "import os, sys\nprint(os.listdir('/tmp'), sys.prefix, 6 * 7)")
+        assert r.stdout == f"[] /.host{venv} 42\n", r
+
+
 def test_reset_gives_a_fresh_interpreter_and_scratch(client: SandboxClient, session: str) -> None:
     client.execute(session, "y = 2\nopen('/tmp/keep.txt', 'w').write('x')")
     client.reset(session)

@@ -11,7 +11,13 @@ import pytest
 
 from codeground.pipeline.sandbox.client import ExecResult
 from codeground.pipeline.sandbox.config import SandboxConfig, SandboxConfigError, parse_quantity
-from codeground.pipeline.sandbox.runsc import SANDBOX_UID, build_oci_spec, python_binds, worker_argv
+from codeground.pipeline.sandbox.runsc import (
+    SANDBOX_UID,
+    build_oci_spec,
+    python_binds,
+    sandbox_path,
+    worker_argv,
+)
 from codeground.pipeline.sandbox.sessions import shape_reply
 
 
@@ -56,6 +62,14 @@ def test_oci_spec_is_locked_down() -> None:
     for path in ("/usr", "/lib", "/opt/py"):
         assert "ro" in mounts[path]["options"]
     assert {"type": "network"} in spec["linux"]["namespaces"]
+
+
+def test_host_folders_under_the_scratch_are_bound_elsewhere() -> None:
+    spec = build_oci_spec(SandboxConfig(), args=["python"], binds=["/tmp/ci/clone/.venv", "/opt/py"])
+    binds = {m["source"]: m["destination"] for m in spec["mounts"] if m["type"] == "bind"}
+    assert binds["/tmp/ci/clone/.venv"] == "/.host/tmp/ci/clone/.venv" and binds["/opt/py"] == "/opt/py"
+    assert sandbox_path("/tmp/ci/clone/.venv/bin/python") == "/.host/tmp/ci/clone/.venv/bin/python"
+    assert sandbox_path("/tmpfoo/bin/python") == "/tmpfoo/bin/python"
 
 
 def test_python_binds_cover_the_interpreter() -> None:
