@@ -150,3 +150,36 @@ def test_shared_prefix_cache_gives_the_same_tokens(smol_tokenizer):
     assert len(cached._shared_prefix([r.context_ids for r in reqs])) >= len(shared) - 1
     plain = TransformersGenerator(model, smol_tokenizer, prefix_cache=False)
     assert [r.token_ids for r in cached.generate(reqs)] == [r.token_ids for r in plain.generate(reqs)]
+
+
+def test_chunked_generation_gives_the_same_tokens_as_one_call(smol_tokenizer):
+    import torch
+
+    from codeground.pipeline.rollout.backends import TransformersGenerator
+
+    model = _tiny_model(smol_tokenizer)
+    with torch.no_grad():  # peaked logits: greedy decoding has no near-ties to flip
+        for p in model.parameters():
+            p.mul_(8.0)
+    shared = smol_tokenizer("You are a helpful assistant that solves problems. " * 6, add_special_tokens=False)["input_ids"]
+    reqs = [GenRequest([], "", shared + smol_tokenizer(f" question {i}" * (i + 1), add_special_tokens=False)["input_ids"],
+                       budget, 0.0) for i, budget in enumerate((5, 13, 21))]
+    one_call = TransformersGenerator(model, smol_tokenizer, min_prefix=8, chunk_tokens=0).generate(reqs)
+    chunked = TransformersGenerator(model, smol_tokenizer, min_prefix=8, chunk_tokens=4).generate(reqs)
+    assert [r.token_ids for r in chunked] == [r.token_ids for r in one_call]
+    assert [(r.finish, r.num_tokens) for r in chunked] == [(r.finish, r.num_tokens) for r in one_call]
+    assert [r.num_tokens for r in chunked] == [5, 13, 21]
+
+
+def test_a_block_that_closes_in_a_later_chunk_stops_the_turn(smol_tokenizer):
+    import torch
+
+    from codeground.pipeline.rollout.backends import _StopOnBlock
+
+    tok = smol_tokenizer
+    ids = tok("Plan.\n```python\nprint(1)\n```\n```output\n", add_special_tokens=False)["input_ids"]
+    carry, rest = ids[:4], ids[4:]  # the fence opened in the previous chunk
+    stop = _StopOnBlock(tok, start=0, budgets=[1000], eos_ids={tok.eos_token_id}, carry=[carry])
+    fired_at = next(k for k in range(1, len(rest) + 1) if bool(stop(torch.tensor([rest[:k]]), None)[0]))
+    assert stop.reason == ["code"]
+    assert tok.decode(carry + rest[:fired_at]) == "Plan.\n```python\nprint(1)\n```\n"

@@ -11,7 +11,7 @@ from codeground.pipeline.rollout.codeblocks import iter_blocks
 from codeground.pipeline.rollout.prompts import build_messages, load_template, parse_template
 
 
-@pytest.mark.parametrize("name", ["code_reasoning", "thinc", "arith_teacher"])
+@pytest.mark.parametrize("name", ["code_reasoning", "thinc"])
 def test_examples_are_truthful(name):
     tpl = load_template(name)
     assert len(tpl.shots) >= 3

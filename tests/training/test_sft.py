@@ -207,8 +207,8 @@ def test_grpo_prompts_like_the_sft_student(tmp_path):
         return SimpleNamespace(latest=lambda *types: next((m for t, m in manifests.items() if t in types), None))
 
     assert prompt_format(ctx()) == (3, None)
-    assert prompt_format(ctx(distill={"shots": 7, "template": "arith_teacher"})) == (7, "arith_teacher")
+    assert prompt_format(ctx(distill={"shots": 7, "template": "thinc"})) == (7, "thinc")
     sft_plain = {"shots": None, "template": None}
-    assert prompt_format(ctx(distill={"shots": 7, "template": "arith_teacher"}, sft=sft_plain)) == (7, "arith_teacher")
-    assert prompt_format(ctx(distill={"shots": 7, "template": "arith_teacher"},
+    assert prompt_format(ctx(distill={"shots": 7, "template": "thinc"}, sft=sft_plain)) == (7, "thinc")
+    assert prompt_format(ctx(distill={"shots": 7, "template": "thinc"},
                              sft={"shots": 3, "template": None})) == (3, None)
