@@ -12,7 +12,10 @@ execute asynchronously. Reports:
 * ``blocked_share`` — wall time during which the generator sat idle with nothing to generate because
   every unfinished trajectory was waiting on the interpreter (target ≤ 5%);
 * generation and execution seconds, cells, tokens/s, the base model's accuracy on those problems,
-  and the load average (other work on the machine slows generation, not the blocked share's meaning).
+  and the load average (other work on the machine slows generation, not the blocked share's meaning);
+* ``one_call`` — the baseline measured in the same run: the same rollouts with ``chunk_tokens=0``
+  (one ``generate`` call per turn, every row decoding until the longest is done), and
+  ``speedup_vs_one_call`` (wall time of that baseline / wall time chunked).
 
 What it does not measure: GPU generation, or the sandbox's own latency floor (bench/sandbox.py does).
 """
@@ -45,14 +48,23 @@ def main(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model, tok = load_model("smollm2", dtype=dtype, device="cpu")
     load_s = time.perf_counter() - t0
-    gen = TransformersGenerator(model, tok, batch_size=args.concurrency)
     problems = load_source("builtin:arith_test", limit=args.problems).problems
     config = SandboxConfig.from_limits({"timeoutSeconds": 10, "maxSessions": max(8, args.concurrency)})
+
+    def engine_for(url: str, chunk_tokens: int) -> RolloutEngine:
+        gen = TransformersGenerator(model, tok, batch_size=args.concurrency, chunk_tokens=chunk_tokens)
+        return RolloutEngine(gen, url, max_tool_calls=args.max_tool_calls, max_tokens=args.max_tokens,
+                             temperature=args.temperature, concurrency=args.concurrency, seed=0, shots=3)
+
     with local_sandbox(config) as url:
-        engine = RolloutEngine(gen, url, max_tool_calls=args.max_tool_calls, max_tokens=args.max_tokens,
-                               temperature=args.temperature, concurrency=args.concurrency, seed=0, shots=3)
+        engine = engine_for(url, args.chunk_tokens)
         engine.run(problems[:2])  # warm-up: sessions, kernels
         trajs = engine.run(problems, args.samples)
+        baseline = None
+        if args.baseline:
+            base_engine = engine_for(url, 0)
+            base_engine.run(problems, args.samples)
+            baseline = base_engine.stats.to_dict()
     stats = engine.stats.to_dict()
     acc = metrics.evaluate(trajs, k=args.samples)
     out = {
@@ -87,7 +99,12 @@ def main(args: argparse.Namespace) -> dict:
         "accuracy": acc.get(f"avg@{args.samples}"),
         "grounding_rate": acc.get("grounding_rate"),
         "tool_calls": acc.get("tool_calls"),
+        "chunk_tokens": args.chunk_tokens,
     }
+    if baseline is not None:
+        out["one_call"] = {k: baseline[k] for k in ("wall_s", "trajectories_per_s", "generation_s", "blocked_share",
+                                                     "batches", "generated_tokens")}
+        out["speedup_vs_one_call"] = baseline["wall_s"] / stats["wall_s"] if stats["wall_s"] else None
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
@@ -102,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=128, help="model + interpreter tokens per trajectory")
     p.add_argument("--max-tool-calls", type=int, default=4, help="cells per trajectory")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--chunk-tokens", type=int, default=48, help="new tokens per generate call (0 = one call per turn)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the one-call-per-turn baseline run")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rollouts.json"))
     return p
 
