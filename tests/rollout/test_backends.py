@@ -92,6 +92,24 @@ def _tiny_model(tokenizer):
     return LlamaForCausalLM(cfg)
 
 
+def _peaked_model(tokenizer):
+    """The tiny model with peaked logits: greedy decoding has no near-ties to flip."""
+    import torch
+
+    model = _tiny_model(tokenizer)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model
+
+
+def _prefixed_requests(tokenizer, budgets):
+    """Greedy requests that share a long prefix (as few-shot prompts do) and differ after it."""
+    shared = tokenizer("You are a helpful assistant that solves problems. " * 6, add_special_tokens=False)["input_ids"]
+    return shared, [GenRequest([], "", shared + tokenizer(f" question {i}" * (i + 1), add_special_tokens=False)["input_ids"],
+                               budget, 0.0) for i, budget in enumerate(budgets)]
+
+
 def test_stop_criteria_stops_right_after_the_closing_fence(smol_tokenizer):
     import torch
 
@@ -135,17 +153,10 @@ def test_transformers_generator_budgets_mode_and_rng(smol_tokenizer):
 
 
 def test_shared_prefix_cache_gives_the_same_tokens(smol_tokenizer):
-    import torch
-
     from codeground.pipeline.rollout.backends import TransformersGenerator
 
-    model = _tiny_model(smol_tokenizer)
-    with torch.no_grad():  # peaked logits: greedy decoding has no near-ties to flip
-        for p in model.parameters():
-            p.mul_(8.0)
-    shared = smol_tokenizer("You are a helpful assistant that solves problems. " * 6, add_special_tokens=False)["input_ids"]
-    reqs = [GenRequest([], "", shared + smol_tokenizer(f" question {i}" * (i + 1), add_special_tokens=False)["input_ids"],
-                       12, 0.0) for i in range(3)]
+    model = _peaked_model(smol_tokenizer)
+    shared, reqs = _prefixed_requests(smol_tokenizer, (12, 12, 12))
     cached = TransformersGenerator(model, smol_tokenizer, min_prefix=8)
     assert len(cached._shared_prefix([r.context_ids for r in reqs])) >= len(shared) - 1
     plain = TransformersGenerator(model, smol_tokenizer, prefix_cache=False)
@@ -153,17 +164,10 @@ def test_shared_prefix_cache_gives_the_same_tokens(smol_tokenizer):
 
 
 def test_chunked_generation_gives_the_same_tokens_as_one_call(smol_tokenizer):
-    import torch
-
     from codeground.pipeline.rollout.backends import TransformersGenerator
 
-    model = _tiny_model(smol_tokenizer)
-    with torch.no_grad():  # peaked logits: greedy decoding has no near-ties to flip
-        for p in model.parameters():
-            p.mul_(8.0)
-    shared = smol_tokenizer("You are a helpful assistant that solves problems. " * 6, add_special_tokens=False)["input_ids"]
-    reqs = [GenRequest([], "", shared + smol_tokenizer(f" question {i}" * (i + 1), add_special_tokens=False)["input_ids"],
-                       budget, 0.0) for i, budget in enumerate((5, 13, 21))]
+    model = _peaked_model(smol_tokenizer)
+    _, reqs = _prefixed_requests(smol_tokenizer, (5, 13, 21))
     one_call = TransformersGenerator(model, smol_tokenizer, min_prefix=8, chunk_tokens=0).generate(reqs)
     chunked = TransformersGenerator(model, smol_tokenizer, min_prefix=8, chunk_tokens=4).generate(reqs)
     assert [r.token_ids for r in chunked] == [r.token_ids for r in one_call]
