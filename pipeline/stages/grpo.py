@@ -51,10 +51,12 @@ def load_problems(ctx: StageContext, shots: int, template: str | None) -> list[d
 def prompt_format(ctx: StageContext) -> tuple[int, str | None]:
     """The prompt the SFT model was trained on: the sft stage's student prompt when it set one, else the
     distill stage's shots and template, else the 3-shot default."""
+    from .sft import student_prompt
+
     sft = ctx.latest("sft")
-    if sft is not None and (sft.parameters.get("shots") is not None or sft.parameters.get("template") is not None):
-        shots = sft.parameters.get("shots")
-        return (3 if shots is None else int(shots)), sft.parameters.get("template")
+    student = student_prompt(sft.parameters.get("shots"), sft.parameters.get("template")) if sft else None
+    if student is not None:
+        return student
     distill = ctx.latest("distill")
     if distill is None:
         return 3, None

@@ -52,11 +52,11 @@ def load_trajectories(ctx: StageContext) -> list[Any]:
     return trajs
 
 
-def student_prompt(params: Any) -> tuple[int, str | None] | None:
-    """(shots, template) the trajectories are re-prompted with, or None to keep the teacher's prompt."""
-    if params.shots is None and params.template is None:
+def student_prompt(shots: int | None, template: str | None) -> tuple[int, str | None] | None:
+    """(shots, template) of sft.shots / sft.template, or None to keep the teacher's prompt (both unset)."""
+    if shots is None and template is None:
         return None
-    return (3 if params.shots is None else params.shots), params.template
+    return (3 if shots is None else int(shots)), template
 
 
 def reprompt(trajectories: list[Any], shots: int, template: str | None) -> list[Any]:
@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> StageResult:
 
     p = ctx.params
     trajectories = load_trajectories(ctx)
-    student = student_prompt(p)
+    student = student_prompt(p.shots, p.template)
     if student is not None:
         trajectories = reprompt(trajectories, *student)
         log.info("sft: trajectories re-prompted with the student's prompt (%d shots of %s)", student[0],

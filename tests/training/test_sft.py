@@ -180,9 +180,10 @@ def test_student_prompt_replaces_the_teachers_and_keeps_the_solution(chatml_toke
     from codeground.pipeline.spec import SFTParams
     from codeground.pipeline.stages.sft import build_dataset, reprompt, student_prompt
 
-    assert student_prompt(SFTParams()) is None  # default: train on the teacher's prompt
-    assert student_prompt(SFTParams(shots=0)) == (0, None)
-    assert student_prompt(SFTParams(template="thinc")) == (3, "thinc")
+    default = SFTParams()
+    assert student_prompt(default.shots, default.template) is None  # default: train on the teacher's prompt
+    assert student_prompt(0, None) == (0, None)
+    assert student_prompt(None, "thinc") == (3, "thinc")
     teacher = hand_trajectories(2)
     student = reprompt(teacher, 1, None)
     assert student[0].prompt == build_messages(teacher[0].problem, 1) != teacher[0].prompt
