@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,8 @@ class TransformersGenerator(Generator):
         self.chunk_tokens = chunk_tokens
         # Rows of a batch usually share the few-shot prompt: its KV cache is computed once per batch.
         self.prefix_cache, self.min_prefix = prefix_cache, min_prefix
+        self._prefix_memo: tuple[Any, Any] | None = None
+        self.prefix_forwards = 0  # forward passes over a shared prefix (the rest were reused)
         self.device = device or next(model.parameters()).device
         self.batch_size, self.top_p, self.top_k = batch_size, top_p, top_k
         self.eos_ids = self._eos_ids()
@@ -197,14 +200,23 @@ class TransformersGenerator(Generator):
             n = k
         return first[:n] if n >= self.min_prefix else []
 
+    def _weights_version(self) -> int:
+        """Changes whenever a parameter is written in place (an optimizer step, a state-dict load)."""
+        return sum(p._version for p in self.model.parameters())
+
     def _prefix_cache(self, prefix: list[int], batch: int) -> Any:
-        """The KV cache of ``prefix``, computed once and repeated for every row."""
+        """The KV cache of ``prefix``, repeated for every row; the prefix's own forward pass is reused by
+        later calls (every chunk and turn of a rollout batch) until the weights change."""
         import torch
 
         try:
-            with torch.no_grad():
-                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
-            cache = out.past_key_values
+            key = (tuple(prefix), self._weights_version())
+            if self._prefix_memo is None or self._prefix_memo[0] != key:
+                with torch.no_grad():
+                    out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+                self._prefix_memo = (key, out.past_key_values)
+                self.prefix_forwards += 1
+            cache = copy.deepcopy(self._prefix_memo[1])  # generation appends to the copy, not the memo
             cache.batch_repeat_interleave(batch)
             return cache
         except Exception as exc:  # noqa: BLE001 - a model without a repeatable cache: no prefix caching

@@ -140,6 +140,7 @@ def run(ctx: StageContext) -> StageResult:
     from trl import GRPOTrainer
 
     from ..rewards import math_reward
+    from .grpo_trainer import trainer_class
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     p = ctx.params
@@ -181,7 +182,7 @@ def run(ctx: StageContext) -> StageResult:
                               state.get("record") if resuming_here else None)
             trainer = _phase_trainer(ctx, k, chosen, model, tok, optimizer, rollout, hw, root, math_reward,
                                      previous, records, offsets, total, metrics_log, advance, step_times,
-                                     TrainerCallback, GRPOTrainer)
+                                     TrainerCallback, trainer_class(GRPOTrainer))
             last_good = _last_good(root)
             with tu.disk_errors(f"writing a grpo checkpoint of phase {k}", last_good):
                 trainer.train(resume_from_checkpoint=str(resume_ckpt) if resuming_here else None)

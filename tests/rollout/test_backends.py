@@ -163,6 +163,27 @@ def test_shared_prefix_cache_gives_the_same_tokens(smol_tokenizer):
     assert [r.token_ids for r in cached.generate(reqs)] == [r.token_ids for r in plain.generate(reqs)]
 
 
+def test_the_prefix_forward_is_reused_until_the_weights_change(smol_tokenizer):
+    import torch
+
+    from codeground.pipeline.rollout.backends import TransformersGenerator
+
+    model = _peaked_model(smol_tokenizer)
+    _, reqs = _prefixed_requests(smol_tokenizer, (5, 13, 21))
+    gen = TransformersGenerator(model, smol_tokenizer, min_prefix=8, chunk_tokens=4)
+    first = gen.generate(reqs)
+    assert gen.prefix_forwards == 1  # six chunk calls, one prefix forward
+    assert [r.token_ids for r in gen.generate(reqs)] == [r.token_ids for r in first]
+    assert gen.prefix_forwards == 1
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(input_ids=torch.tensor([reqs[0].context_ids])).logits.sum().backward()
+    opt.step()  # an optimizer step writes the weights in place: the memo is stale
+    changed = gen.generate(reqs)
+    assert gen.prefix_forwards == 2
+    fresh = TransformersGenerator(model, smol_tokenizer, min_prefix=8, chunk_tokens=4).generate(reqs)
+    assert [r.token_ids for r in changed] == [r.token_ids for r in fresh]
+
+
 def test_chunked_generation_gives_the_same_tokens_as_one_call(smol_tokenizer):
     from codeground.pipeline.rollout.backends import TransformersGenerator
 
