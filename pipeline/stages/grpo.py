@@ -140,7 +140,7 @@ def run(ctx: StageContext) -> StageResult:
     from trl import GRPOTrainer
 
     from ..rewards import math_reward
-    from .grpo_trainer import trainer_class
+    from .trainers import trainer_class
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     p = ctx.params
@@ -182,7 +182,7 @@ def run(ctx: StageContext) -> StageResult:
                               state.get("record") if resuming_here else None)
             trainer = _phase_trainer(ctx, k, chosen, model, tok, optimizer, rollout, hw, root, math_reward,
                                      previous, records, offsets, total, metrics_log, advance, step_times,
-                                     TrainerCallback, trainer_class(GRPOTrainer))
+                                     TrainerCallback, _trainer_class(GRPOTrainer, trainer_class))
             last_good = _last_good(root)
             with tu.disk_errors(f"writing a grpo checkpoint of phase {k}", last_good):
                 trainer.train(resume_from_checkpoint=str(resume_ckpt) if resuming_here else None)
@@ -196,6 +196,15 @@ def run(ctx: StageContext) -> StageResult:
     (ctx.out_dir / "per_prompt.json").write_text(json.dumps(records, indent=1))
     return StageResult(metrics=_summary(metrics_log.rows, time.monotonic() - t_start, step_times),
                        outputs={"model": "model", "metrics": "metrics.jsonl", "per_prompt": "per_prompt.json"})
+
+
+def _trainer_class(trl_class: Any, ours: Any) -> Any:
+    """Our GRPOTrainer (exact shortcuts, see :mod:`.trainers`); ``CODEGROUND_GRPO_SHORTCUTS=0`` gives
+    TRL's own, the baseline bench/training.py measures against."""
+    if os.environ.get("CODEGROUND_GRPO_SHORTCUTS", "1") == "0":
+        log.info("grpo: CODEGROUND_GRPO_SHORTCUTS=0, TRL's GRPOTrainer as is")
+        return trl_class
+    return ours(trl_class)
 
 
 def _last_good(root: Path) -> Any:
@@ -217,6 +226,9 @@ def _phase_trainer(ctx: StageContext, k: int, chosen: list[dict[str, Any]], mode
     def state() -> dict[str, Any]:
         return {"phase": k, "record": rollout.record, "previous": previous, "records": records}
 
+    made: list[Any] = []  # the trainer, once built (its zero-advantage skip count goes into each row)
+    skipped_before = [0]
+
     class Report(callback_base):
         def on_step_begin(self, args: Any, st: Any, control: Any, **kw: Any) -> None:
             self.t0 = time.monotonic()
@@ -235,6 +247,8 @@ def _phase_trainer(ctx: StageContext, k: int, chosen: list[dict[str, Any]], mode
                                    "loss": float(logs.get("loss", 0.0))}
             for key in pending[0]:
                 row[key] = sum(p[key] for p in pending) / len(pending)
+            skipped = int(getattr(made[0], "skipped_rows", 0)) if made else 0
+            row["skipped_rows"], skipped_before[0] = skipped - skipped_before[0], skipped
             if step_times:
                 row["step_s"] = step_times[-1]
                 row["train_s"] = max(0.0, step_times[-1] - row["rollout_s"])
@@ -243,9 +257,11 @@ def _phase_trainer(ctx: StageContext, k: int, chosen: list[dict[str, Any]], mode
             ctx.progress.update(row["step"], total, **shown)
             advance(row["step"], **shown)
 
-    return trainer_cls(model=model, reward_funcs=[reward], args=config, train_dataset=data, processing_class=tok,
-                       rollout_func=rollout, optimizers=(optimizer, None),
-                       callbacks=[Report(), tu.make_checkpoint_callback(ctx, root, state)])
+    trainer = trainer_cls(model=model, reward_funcs=[reward], args=config, train_dataset=data, processing_class=tok,
+                          rollout_func=rollout, optimizers=(optimizer, None),
+                          callbacks=[Report(), tu.make_checkpoint_callback(ctx, root, state)])
+    made.append(trainer)
+    return trainer
 
 
 def _summary(rows: list[dict[str, Any]], elapsed: float, step_times: list[float]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Shared-prefix scoring for GRPO: the few-shot prefix every prompt starts with is run once per batch.
 
-Called by :mod:`.grpo_trainer` (our subclass of TRL's ``GRPOTrainer``). TRL scores a
+Called by :mod:`.trainers` (our subclasses of TRL's ``GRPOTrainer`` and ``SFTTrainer``). TRL scores a
 micro-batch by running the whole left-padded ``prompt + completion`` of every sequence through the model.
 Our prompts all start with the same system prompt and worked examples (about 370 of the ~460 tokens of a
 quickstart sequence), so most of that work is the same prefix again and again. Here the longest prefix
@@ -167,3 +167,68 @@ def score(model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, 
         if compute_entropy:
             entropies.append(gather_completion(out.entropy, part))
     return torch.cat(logps, dim=0), (torch.cat(entropies, dim=0) if compute_entropy else None)
+
+
+def right_padded_prefix(input_ids: Any, attention_mask: Any, labels: Any) -> int:
+    """Shared prefix of a right-padded SFT batch that holds no label (so nothing trained is inside it)."""
+    import torch
+
+    if input_ids.size(0) < 2:
+        return 0
+    lengths = attention_mask.sum(dim=1)
+    cols = torch.arange(input_ids.size(1), device=input_ids.device)
+    if not bool((attention_mask == (cols[None, :] < lengths[:, None]).to(attention_mask.dtype)).all()):
+        return 0  # not right-padded: leave it to TRL
+    shortest = int(lengths.min())
+    same = (input_ids[:, :shortest] == input_ids[:1, :shortest]).all(dim=0)
+    differ = (~same).nonzero()
+    c = int(differ[0]) if differ.numel() else shortest
+    labelled = (labels != -100).any(dim=0).nonzero()
+    if labelled.numel():
+        c = min(c, int(labelled[0]) - 1)  # the hidden state before the first label must be computed here
+    return max(0, min(c, shortest - 1))
+
+
+class SharedPrefixModel:
+    """Stands in for the model in ``SFTTrainer.compute_loss``: a ``fused_lm_head=True`` call on a right-padded
+    batch runs the shared prefix once and returns the fused outputs in TRL's shapes (``(B, T-1)``, zeros and
+    ``label_mask=False`` inside the prefix, where every label is -100); any other call goes to the model."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.used = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        out = None
+        if not args and kw.get("fused_lm_head") and set(kw) <= {"input_ids", "attention_mask", "labels", "use_cache",
+                                                                 "fused_lm_head", "num_items_in_batch"}:
+            out = self._shared(kw["input_ids"], kw.get("attention_mask"), kw.get("labels"))
+        return out if out is not None else self.model(*args, **kw)
+
+    def _shared(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+        import torch
+        from transformers import DynamicCache
+
+        if attention_mask is None or labels is None or checkpointing(self.model):
+            return None
+        c = right_padded_prefix(input_ids, attention_mask, labels)
+        if c < MIN_PREFIX:
+            return None
+        kv = _prefix_cache(self.model, input_ids[:1, :c])
+        if kv is None:
+            return None
+        b, t = input_ids.shape
+        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv])
+        shift = torch.cat([labels[:, c + 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        positions = torch.arange(c, t, device=input_ids.device)[None, :].expand(b, -1)
+        out = self.model(input_ids=input_ids[:, c:], attention_mask=attention_mask, position_ids=positions,
+                         shift_labels=shift, fused_lm_head=True, **{_cache_kwarg(): cache})
+        for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
+            value = getattr(out, name, None)
+            if value is not None:
+                out[name] = torch.cat([value.new_zeros((b, c)), value[:, :-1]], dim=1)
+        self.used += 1
+        return out

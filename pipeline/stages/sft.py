@@ -128,6 +128,8 @@ def run(ctx: StageContext) -> StageResult:
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
+    from .trainers import sft_trainer_class
+
     p = ctx.params
     trajectories = load_trajectories(ctx)
     student = student_prompt(p.shots, p.template)
@@ -163,7 +165,7 @@ def run(ctx: StageContext) -> StageResult:
                 if state.global_step >= state.max_steps:
                     control.should_save = True  # always checkpoint the last step
 
-        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok,
+        trainer = sft_trainer_class(SFTTrainer)(model=model, args=config, train_dataset=dataset, processing_class=tok,
                              callbacks=[Report(), tu.make_checkpoint_callback(ctx, ckpt_root)])
         last_good = lambda: str(tu.complete_checkpoints(ckpt_root)[-1]) if tu.complete_checkpoints(ckpt_root) else None  # noqa: E731
         with tu.disk_errors("writing an sft checkpoint", last_good):

@@ -137,7 +137,8 @@ def _one_grpo_step(model_dir, tok, out_dir, trainer_cls):
     config = GRPOConfig(output_dir=str(out_dir), per_device_train_batch_size=4, gradient_accumulation_steps=2,
                         num_generations=4, max_completion_length=64, max_steps=1, learning_rate=1e-3,
                         beta=0.0, loss_type="dapo", num_iterations=1, logging_steps=1, save_strategy="no",
-                        use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, seed=0, shuffle_dataset=False)
+                        use_cpu=True, bf16=False, activation_checkpointing=False, report_to=[], disable_tqdm=True,
+                        seed=0, shuffle_dataset=False)
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=config, processing_class=tok,
                           train_dataset=Dataset.from_list([{"prompt": "q0"}, {"prompt": "q1"}]), rollout_func=rollout)
     trainer.train()
@@ -148,11 +149,12 @@ def _one_grpo_step(model_dir, tok, out_dir, trainer_cls):
 def test_one_grpo_step_moves_the_weights_exactly_as_trls_own_path(tmp_path, tiny_model, chatml_tokenizer):
     from trl import GRPOTrainer
 
-    from codeground.pipeline.stages.grpo_trainer import trainer_class
+    from codeground.pipeline.stages.trainers import trainer_class
 
     ours, got = _one_grpo_step(tiny_model, chatml_tokenizer, tmp_path / "ours", trainer_class(GRPOTrainer))
     _, want = _one_grpo_step(tiny_model, chatml_tokenizer, tmp_path / "trl", GRPOTrainer)
     assert ours.skipped_rows == 4  # the all-wrong group: no forward, no backward
+    assert ours.prefix_batches >= 1  # the micro-batches with rows left ran the prefix once
     moved = 0
     for name, w in want.items():
         torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-6)
@@ -169,3 +171,53 @@ def _fresh(model_dir):
 
         _FRESH[model_dir] = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(model_dir).named_parameters()}
     return _FRESH[model_dir]
+
+
+def test_right_padded_prefix_stops_before_the_first_label():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    labels = torch.tensor([[-100, -100, -100, -100, 5, 6], [-100, -100, -100, -100, 7, -100]])
+    assert ps.right_padded_prefix(ids, mask, labels) == 3  # token 4's hidden state predicts the first label
+    early = labels.clone()
+    early[0, 2] = 3
+    assert ps.right_padded_prefix(ids, mask, early) == 1
+    assert ps.right_padded_prefix(ids, mask.flip(1), labels) == 0  # left padding: TRL's path
+
+
+def _one_sft_step(model_dir, out_dir, trainer_cls):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    shared = list(range(10, 40))  # the few-shot prefix
+    rows = []
+    for i, (tail, answer) in enumerate([([41, 42], [50, 51, 52]), ([43], [53, 54]), ([44, 45, 46], [55]),
+                                        ([47], [56, 57, 58, 59])]):
+        ids = [*shared, *tail, *answer]
+        rows.append({"input_ids": ids, "labels": [-100] * (len(shared) + len(tail)) + answer})
+        assert i < 4
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                       learning_rate=1e-3, max_steps=1, max_length=None, logging_steps=1, save_strategy="no",
+                       use_cpu=True, bf16=False, activation_checkpointing=False, report_to=[], disable_tqdm=True,
+                       seed=0, data_seed=0)
+    trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=AutoTokenizer.from_pretrained(model_dir))
+    trainer.train()
+    return trainer, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.slow
+def test_one_sft_step_moves_the_weights_exactly_as_trls_own_path(tmp_path, tiny_model):
+    from trl import SFTTrainer
+
+    from codeground.pipeline.stages.trainers import sft_trainer_class
+
+    ours, got = _one_sft_step(tiny_model, tmp_path / "ours", sft_trainer_class(SFTTrainer))
+    _, want = _one_sft_step(tiny_model, tmp_path / "trl", SFTTrainer)
+    assert ours.prefix_batches == 2  # both micro-batches ran the 30-token prefix once
+    fresh = _fresh(tiny_model)
+    assert any(not torch.equal(w, fresh[n]) for n, w in want.items())
+    for name, w in want.items():
+        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,6 @@
-"""TRL's GRPOTrainer with two exact shortcuts that matter on CPU; :mod:`.grpo` builds it per phase.
+"""TRL's trainers with exact shortcuts that matter on CPU: :mod:`.grpo` and :mod:`.sft` build them.
+
+GRPOTrainer (:func:`trainer_class`):
 
 1. **Shared-prefix scoring** (:mod:`.prefix_share`): the worked examples every prompt starts with are run
    once per micro-batch instead of once per sequence.
@@ -11,7 +13,11 @@
    so the optimizer (Adam's moments, weight decay, clipping) sees what TRL's own path gives it. DAPO
    (arXiv 2503.14476) filters such groups out for the same reason ("dynamic sampling").
 
-Both fall back to TRL's path where they would not be exact: multimodal batches, gradient checkpointing,
+SFTTrainer (:func:`sft_trainer_class`): the same shared-prefix forward for right-padded batches whose
+rows start with the same prompt tokens (:class:`.prefix_share.SharedPrefixModel`); TRL computes the loss
+and its metrics from the outputs as usual.
+
+All fall back to TRL's path where they would not be exact: multimodal batches, gradient checkpointing,
 several processes (DDP needs every rank to run the same forwards), a KL term or an entropy bonus.
 What it does not guarantee: bit-identical floats to TRL's path (sums run in another order; the tests
 compare log-probs and gradients within float tolerance).
@@ -22,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .prefix_share import checkpointing, score
+from .prefix_share import SharedPrefixModel, checkpointing, score
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,7 @@ def trainer_class(base: Any) -> Any:
 
     class CodegroundGRPOTrainer(base):  # type: ignore[misc, valid-type]
         skipped_rows = 0  # sequences whose forward/backward the zero-advantage skip saved
+        prefix_batches = 0  # micro-batches scored with the shared-prefix forward
 
         def _single_process(self, model: Any) -> bool:
             return self.accelerator.num_processes == 1 and self.accelerator.unwrap_model(model) is model
@@ -88,6 +95,7 @@ def trainer_class(base: Any) -> Any:
                 got = score(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
                             self.accelerator.autocast)
                 if got is not None:
+                    self.prefix_batches += 1
                     if not getattr(self, "_told_prefix", False):
                         self._told_prefix = True
                         log.info("grpo: scoring with the shared prompt prefix run once per micro-batch")
@@ -97,3 +105,27 @@ def trainer_class(base: Any) -> Any:
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
 
     return CodegroundGRPOTrainer
+
+
+def sft_trainer_class(base: Any) -> Any:
+    """``base`` (TRL's SFTTrainer) with the shared prompt prefix run once per micro-batch."""
+
+    class CodegroundSFTTrainer(base):  # type: ignore[misc, valid-type]
+        prefix_batches = 0  # micro-batches scored with the shared-prefix forward
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            single = self.accelerator.num_processes == 1 and self.accelerator.unwrap_model(model) is model
+            plain = (single and not return_outputs and not getattr(self, "aux_loss_enabled", True)
+                     and getattr(self, "compute_loss_func", None) is None
+                     and getattr(self, "label_smoother", None) is None
+                     and getattr(self.args, "loss_type", "nll") == "nll")
+            if not plain:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            proxy = SharedPrefixModel(model)
+            loss = super().compute_loss(proxy, inputs, num_items_in_batch=num_items_in_batch)
+            self.prefix_batches += proxy.used
+            return loss
+
+    return CodegroundSFTTrainer
