@@ -182,6 +182,19 @@ def math_reward(completions: Sequence[Any], answer: Any = None, reference: Any =
     return [score(_completion_text(c), None if r is None else str(r)) for c, r in zip(completions, refs, strict=True)]
 
 
+def grounded_math_reward(completions: Sequence[Any], answer: Any = None, reference: Any = None,
+                         grounded: Sequence[Any] | None = None, **kwargs: Any) -> list[float]:
+    """:func:`math_reward`, but 0.0 unless the answer is grounded in an interpreter output.
+
+    ``grounded`` is the per-completion column the grpo rollout function returns (TRL hands a rollout's
+    extra columns to reward functions as keyword arguments); see ``rollout.metrics.is_grounded``.
+    """
+    if grounded is None or len(grounded) != len(completions):
+        raise ValueError("grounded_math_reward needs the rollout's 'grounded' column, one value per completion")
+    base = math_reward(completions, answer=answer, reference=reference, **kwargs)
+    return [b if bool(g) else 0.0 for b, g in zip(base, grounded, strict=True)]
+
+
 def make_math_reward(*, no_answer_penalty: float = 0.0, unclosed_block_penalty: float = 0.0,
                      multiple_answers_penalty: float = 0.0) -> Callable[..., list[float]]:
     """A :func:`math_reward` with format penalties (TRL logs it under the name ``math_reward``)."""

@@ -61,6 +61,26 @@ Quantity = Annotated[
 ]
 
 
+def _builtin_templates() -> tuple[str, ...]:
+    from importlib import resources
+
+    return tuple(sorted(f.name.removesuffix(".md") for f in resources.files("codeground.pipeline.templates").iterdir()
+                        if f.name.endswith(".md")))
+
+
+BUILTIN_TEMPLATES = _builtin_templates()  # the prompt templates shipped in pipeline/templates
+
+
+def _template_rule() -> Rule:
+    names = ", ".join(f"'{n}'" for n in BUILTIN_TEMPLATES)
+    return Rule(
+        f"!has(self.template) || self.template.endsWith('.md') || self.template in [{names}]",
+        f"template must be one of {', '.join(BUILTIN_TEMPLATES)} (pipeline/templates) or a path to a .md file",
+        lambda p: p.template is None or p.template.endswith(".md") or p.template in BUILTIN_TEMPLATES,
+        "template",
+    )
+
+
 class ApiModel(BaseModel):
     """Base of every API type: camelCase on the wire, unknown fields rejected, rules attached."""
 
@@ -197,6 +217,7 @@ class DistillParams(ApiModel):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     filters: DistillFilters = Field(default_factory=DistillFilters, description="Which trajectories to keep.")
     dedupe: bool = Field(True, description="Drop trajectories whose text duplicates a kept one.")
+    rules: ClassVar[tuple[Rule, ...]] = (_template_rule(),)
 
 
 class SFTParams(ApiModel):
@@ -230,6 +251,7 @@ class SFTParams(ApiModel):
             lambda p: p.batch_size % p.micro_batch_size == 0,
             "batchSize",
         ),
+        _template_rule(),
     )
 
 
@@ -254,6 +276,14 @@ class GRPOParams(ApiModel):
     entropy_coefficient: float = Field(0.0, ge=0, description="Entropy bonus; 0 in the recipe.")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL loss_type.")
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps (and at each phase end).")
+    require_grounded: bool = Field(
+        False,
+        description=(
+            "Reward 1 only for a correct answer that also appears in an interpreter output (the grounding "
+            "metric's test); a correct answer the model fixed by hand after its code printed something else "
+            "scores 0. Off: the math checker alone (the recipe)."
+        ),
+    )
     curriculum: list[CurriculumPhase] = Field(
         ..., min_length=1, max_length=32, description="Phases run in order, each with its own budget."
     )
@@ -282,6 +312,7 @@ class EvaluateParams(ApiModel):
     temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature.")
     max_tool_calls: int = Field(20, ge=0, le=1000, description="Code blocks executed per trajectory.")
     max_tokens: int = Field(4096, ge=16, le=1048576, description="Tokens per trajectory (model and interpreter).")
+    rules: ClassVar[tuple[Rule, ...]] = (_template_rule(),)
 
 
 def _has_params_of(stage_type: str) -> Callable[[Any], bool]:

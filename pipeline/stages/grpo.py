@@ -6,7 +6,8 @@ checkpoint to ``out/model``, the per-step metrics to ``out/metrics.jsonl`` and t
 per-prompt record to ``out/per_prompt.json``.
 
 The recipe (CIR/THINC): no KL term (``beta=0`` loads no reference model), no entropy bonus, the
-verifiable reward :func:`..rewards.math_reward`, interpreter tokens masked from the loss (``env_mask``
+verifiable reward :func:`..rewards.math_reward` (or, with ``requireGrounded``, :func:`..rewards.grounded_math_reward`:
+correct *and* printed by the interpreter), interpreter tokens masked from the loss (``env_mask``
 from :mod:`.grpo_rollout`). Each curriculum phase gets a new trainer with its own budget (max length,
 tool calls, steps) and prompt set; the model and the optimizer state carry over. Prompts use the format the SFT model
 learned: the sft stage's student prompt (``sft.shots`` / ``sft.template``) when it set one, else the
@@ -139,7 +140,7 @@ def run(ctx: StageContext) -> StageResult:
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from ..rewards import math_reward
+    from ..rewards import grounded_math_reward, math_reward
     from .trainers import trainer_class
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -180,7 +181,8 @@ def run(ctx: StageContext) -> StageResult:
             resuming_here = resume_ckpt is not None and k == start_phase
             rollout.set_phase(chosen, phase.max_length, phase.max_tool_calls,
                               state.get("record") if resuming_here else None)
-            trainer = _phase_trainer(ctx, k, chosen, model, tok, optimizer, rollout, hw, root, math_reward,
+            reward = grounded_math_reward if p.require_grounded else math_reward
+            trainer = _phase_trainer(ctx, k, chosen, model, tok, optimizer, rollout, hw, root, reward,
                                      previous, records, offsets, total, metrics_log, advance, step_times,
                                      TrainerCallback, _trainer_class(GRPOTrainer, trainer_class))
             last_good = _last_good(root)

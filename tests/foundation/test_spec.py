@@ -76,11 +76,27 @@ def test_defaults_are_applied_like_the_api_server():
         (lambda d: d.update(kind="Pod"), "kind", "TrainingRun"),
         (lambda d: d.update(apiVersion="v1"), "apiVersion", "codeground.dev/v1alpha1"),
         (lambda d: d["spec"]["stages"][1]["sft"].update(batchSize=10, microBatchSize=4), "spec.stages[1].sft.batchSize", "multiple"),
+        (lambda d: d["spec"]["stages"][1]["sft"].update(template="arith_teacher"), "spec.stages[1].sft.template",
+         "one of code_reasoning, thinc"),
+        (lambda d: d["spec"]["stages"][0]["distill"].update(template="thnic"), "spec.stages[0].distill.template",
+         "or a path to a .md file"),
+        (lambda d: d["spec"]["stages"][3]["evaluate"].update(template="nope"), "spec.stages[3].evaluate.template",
+         "one of code_reasoning"),
     ],
 )
 def test_bad_fields_are_named(change, path, words):
     errs = errors_of(mutate(change))
     assert any(p == path and words.lower() in m.lower() for p, m in errs), errs
+
+
+def test_builtin_template_names_and_md_paths_are_accepted():
+    def change(d):
+        d["spec"]["stages"][0]["distill"]["template"] = "thinc"
+        d["spec"]["stages"][1]["sft"]["template"] = "prompts/mine.md"
+
+    run = parse_object(mutate(change))
+    assert run.spec.stages[0].distill.template == "thinc" and run.spec.stages[1].sft.template == "prompts/mine.md"
+    assert set(api.BUILTIN_TEMPLATES) >= {"code_reasoning", "thinc"}
 
 
 def test_every_error_is_reported_at_once():

@@ -95,3 +95,15 @@ def test_format_penalties():
     assert reward(["nothing"], answer=["4"]) == [-0.5]
     assert reward(["```python\nprint(1)\n"], answer=["4"]) == [-0.75]
     assert reward(["\\boxed{3} no wait \\boxed{4}"], answer=["4"]) == [pytest.approx(0.9)]
+
+
+def test_grounded_math_reward_pays_only_for_answers_the_interpreter_printed():
+    from codeground.pipeline.rewards import grounded_math_reward
+
+    flipped = "```python\nprint(420 - 4525)\n```\n```output\n-4105\n```\nThe answer is \\boxed{4105}."
+    computed = "```python\nprint(4525 - 420)\n```\n```output\n4105\n```\nThe answer is \\boxed{4105}."
+    got = grounded_math_reward([flipped, computed, computed], answer=["4105", "4105", "4106"],
+                               grounded=[False, True, True])
+    assert got == [0.0, 1.0, 0.0]  # correct but fixed by hand; correct and printed; printed but wrong
+    with pytest.raises(ValueError, match="grounded"):
+        grounded_math_reward([computed], answer=["4105"])

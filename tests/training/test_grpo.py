@@ -96,7 +96,8 @@ ROW_KEYS = {"step", "phase", "reward", "accuracy", "tool_calls", "response_token
 @pytest.mark.slow
 def test_grpo_runs_the_curriculum_and_logs_every_step(tmp_path, tiny_model, env):
     out = tmp_path / "store"
-    assert main(["run", str(_write(tmp_path, grpo_spec(str(tiny_model)))), "--out", str(out)]) == 0
+    # requireGrounded: the reward function needs the rollout's 'grounded' column, so this run shows TRL hands it over
+    assert main(["run", str(_write(tmp_path, grpo_spec(str(tiny_model), requireGrounded=True))), "--out", str(out)]) == 0
     stage = out / "rl" / "grpo"
     rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and [r["phase"] for r in rows] == [0, 0, 1, 1, 1]
