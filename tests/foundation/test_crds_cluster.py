@@ -70,6 +70,7 @@ BAD = [
     ("long run name", lambda d: d["metadata"].update(name="r" * 41), "metadata.name", "more than 40 bytes"),
     ("bad quantity", lambda d: d["spec"]["stages"][0]["resources"].update(memory="lots"), "spec.stages[0].resources.memory", ""),
     ("micro batch", lambda d: d["spec"]["stages"][1]["sft"].update(batchSize=10, microBatchSize=4), "spec.stages[1].sft.batchSize", "multiple"),
+    ("unknown template", lambda d: d["spec"]["stages"][1]["sft"].update(template="arith_teacher"), "spec.stages[1].sft.template", "pipeline/templates"),
 ]
 
 
