@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's first command: set up a fresh machine and run the quickstart (10-30 minutes on 2 CPU cores: 10 where the CPU has native bf16, 28 in float32).
+# The README's first command: set up a fresh machine and run the quickstart (about 18 minutes on 2 CPU cores in float32; faster with native bf16).
 #
 #   hack/quickstart.sh [OUT]        # OUT defaults to runs/quickstart
 #
