@@ -112,8 +112,9 @@ def main() -> None:
                 status = run_pipeline(run, store, only_stage="grpo", work_root=Path(tmp) / "work")
             finally:
                 del os.environ["CODEGROUND_GRPO_SHORTCUTS"]
-            if status.phase != "Succeeded":
-                raise SystemExit(f"baseline grpo run failed: {[(s.name, s.message) for s in status.stages]}")
+            grpo = next(s for s in status.stages if s.name == "grpo")  # (a one-stage run leaves the run's phase open)
+            if grpo.phase != "Succeeded":
+                raise SystemExit(f"baseline grpo run failed: {grpo.message}")
             trl_rows = grpo_rows(store)
 
     write(args.out, sft, rows, wall, "bench/training.py (synthetic SFT data)", trl_rows)
