@@ -41,6 +41,19 @@ class Layout:
     width: int  # logits_to_keep: completion tokens per row
 
 
+def _first_difference(rows: Any) -> int:
+    """First column where the rows of ``rows`` (B, W) are not all equal; W when they agree throughout."""
+    differ = (~(rows == rows[:1]).all(dim=0)).nonzero()
+    return int(differ[0]) if differ.numel() else rows.size(1)
+
+
+def _repeat_cache(kv: list[tuple[Any, Any]], n: int) -> Any:
+    """A fresh cache holding the prefix's (key, value) for ``n`` rows (views: autograd sums them back)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+
+
 def shared_prefix_length(prompt_ids: Any, prompt_mask: Any) -> int:
     """Tokens at the start of every (left-padded) prompt that all rows share, leaving each row >= 1 own token.
 
@@ -55,9 +68,7 @@ def shared_prefix_length(prompt_ids: Any, prompt_mask: Any) -> int:
     pad = prompt_ids.size(1) - lengths  # left padding of each row
     cols = torch.arange(shortest - 1, device=prompt_ids.device)
     aligned = prompt_ids.gather(1, pad[:, None] + cols[None, :])  # each row's first shortest-1 real tokens
-    same = (aligned == aligned[:1]).all(dim=0)
-    differ = (~same).nonzero()
-    return int(differ[0]) if differ.numel() else shortest - 1
+    return _first_difference(aligned)
 
 
 def build_layout(input_ids: Any, attention_mask: Any, logits_to_keep: int, c: int) -> Layout:
@@ -90,11 +101,11 @@ def build_layout(input_ids: Any, attention_mask: Any, logits_to_keep: int, c: in
     return Layout(prefix, suffix_ids, suffix_mask, shift_labels, starts, logits_to_keep)
 
 
-def gather_completion(per_position: Any, layout: Layout) -> Any:
-    """(B, S) values at suffix positions -> (B, logits_to_keep) aligned with the completion tokens."""
+def gather_completion(per_position: Any, starts: Any, width: int) -> Any:
+    """(B, S) values at suffix positions -> (B, width) aligned with the completion tokens that start at ``starts``."""
     import torch
 
-    cols = (layout.starts - 1)[:, None] + torch.arange(layout.width, device=per_position.device)[None, :]
+    cols = (starts - 1)[:, None] + torch.arange(width, device=per_position.device)[None, :]
     return per_position.gather(1, cols)
 
 
@@ -135,7 +146,6 @@ def score(model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, 
     from contextlib import nullcontext
 
     import torch
-    from transformers import DynamicCache
 
     autocast = autocast or nullcontext
     p = input_ids.size(1) - logits_to_keep
@@ -150,22 +160,22 @@ def score(model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, 
     key = _cache_kwarg()
     b = input_ids.size(0)
     step = batch_size or b
+    width = layout.suffix_ids.size(1)
     logps, entropies = [], []
     for lo in range(0, b, step):
         hi = min(lo + step, b)
         n = hi - lo
-        cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+        cache = _repeat_cache(kv, n)
         mask = torch.cat([torch.ones(n, c, dtype=layout.suffix_mask.dtype, device=input_ids.device),
                           layout.suffix_mask[lo:hi]], dim=1)
-        width = layout.suffix_ids.size(1)
         positions = torch.arange(c, c + width, device=input_ids.device)[None, :].expand(n, -1)
         with autocast():
             out = model(input_ids=layout.suffix_ids[lo:hi], attention_mask=mask, position_ids=positions,
                         shift_labels=layout.shift_labels[lo:hi], fused_lm_head=True, **{key: cache})
-        part = Layout(layout.prefix, None, None, None, layout.starts[lo:hi], logits_to_keep)
-        logps.append(gather_completion(out.log_probs, part))
+        starts = layout.starts[lo:hi]
+        logps.append(gather_completion(out.log_probs, starts, logits_to_keep))
         if compute_entropy:
-            entropies.append(gather_completion(out.entropy, part))
+            entropies.append(gather_completion(out.entropy, starts, logits_to_keep))
     return torch.cat(logps, dim=0), (torch.cat(entropies, dim=0) if compute_entropy else None)
 
 
@@ -180,9 +190,7 @@ def right_padded_prefix(input_ids: Any, attention_mask: Any, labels: Any) -> int
     if not bool((attention_mask == (cols[None, :] < lengths[:, None]).to(attention_mask.dtype)).all()):
         return 0  # not right-padded: leave it to TRL
     shortest = int(lengths.min())
-    same = (input_ids[:, :shortest] == input_ids[:1, :shortest]).all(dim=0)
-    differ = (~same).nonzero()
-    c = int(differ[0]) if differ.numel() else shortest
+    c = _first_difference(input_ids[:, :shortest])
     labelled = (labels != -100).any(dim=0).nonzero()
     if labelled.numel():
         c = min(c, int(labelled[0]) - 1)  # the hidden state before the first label must be computed here
@@ -210,7 +218,6 @@ class SharedPrefixModel:
 
     def _shared(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
         import torch
-        from transformers import DynamicCache
 
         if attention_mask is None or labels is None or checkpointing(self.model):
             return None
@@ -221,7 +228,7 @@ class SharedPrefixModel:
         if kv is None:
             return None
         b, t = input_ids.shape
-        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv])
+        cache = _repeat_cache(kv, b)
         shift = torch.cat([labels[:, c + 1:], torch.full_like(labels[:, :1], -100)], dim=1)
         positions = torch.arange(c, t, device=input_ids.device)[None, :].expand(b, -1)
         out = self.model(input_ids=input_ids[:, c:], attention_mask=attention_mask, position_ids=positions,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .prefix_share import SharedPrefixModel, checkpointing, score
+from .prefix_share import SharedPrefixModel, score
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def trainer_class(base: Any) -> Any:
                                                logits_to_keep: int, batch_size: int | None = None,
                                                compute_entropy: bool = False, compute_aux_loss: bool = False,
                                                **extra: Any) -> Any:
-            if (self._single_process(model) and not compute_aux_loss and all(v is None for v in extra.values())
-                    and not checkpointing(model)):
+            if self._single_process(model) and not compute_aux_loss and all(v is None for v in extra.values()):
                 got = score(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
                             self.accelerator.autocast)
                 if got is not None:

@@ -40,7 +40,7 @@ def test_layout_puts_each_row_at_its_real_positions():
     assert lay.shift_labels.tolist() == [[-100, 11, 12, 13, -100], [14, -100, -100, -100, -100]]
     assert lay.starts.tolist() == [2, 1]
     per_pos = torch.arange(10).view(2, 5)
-    assert ps.gather_completion(per_pos, lay).tolist() == [[1, 2, 3], [5, 6, 7]]
+    assert ps.gather_completion(per_pos, lay.starts, lay.width).tolist() == [[1, 2, 3], [5, 6, 7]]
 
 
 def _tiny(seed: int = 0):
