@@ -381,6 +381,14 @@ class TrainingRunSpec(ApiModel):
     stages: list[StageSpec] = Field(..., min_length=1, max_length=16, description="Stages, run in order.")
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="Artifact store.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for sampling and training.")
+    deterministic: bool = Field(
+        False,
+        description=(
+            "Generate rollouts in lockstep (each turn of every live trajectory in one batch, rows in a fixed "
+            "order) so the same spec, seed and hardware give the same trajectories and scores. Costs the "
+            "overlap of generation with code execution."
+        ),
+    )
     suspend: bool = Field(False, description="Stop the current stage; resume later from its last checkpoint.")
     backoff_limit: int = Field(2, ge=0, le=20, description="Retries of a failed stage before the run fails.")
     ttl_seconds_after_finished: int | None = Field(

@@ -17,7 +17,13 @@ dropped, a fresh one is opened, the trajectory's earlier cells are replayed (the
 and the cell is retried; after ``infra_retries`` failures the sample is dropped with stop reason
 ``infra_error`` and its message. Both are counted apart from code errors.
 
-What it does not guarantee: bit-identical samples across batch compositions; replayed cells that
+Lockstep (``lockstep=True``, the spec's ``deterministic``): the batch waits until every live
+trajectory has asked (none executing code, none about to start) and its rows are sorted by (problem,
+sample), so which rows share a generate call no longer depends on how fast cells ran: the same seed,
+model and hardware give the same trajectories. It costs the overlap of generation with execution.
+
+What it does not guarantee: bit-identical samples across batch compositions (without lockstep) or
+across hardware and backends; replayed cells that
 depend on randomness or time reproduce the same state; sessions are reused across trajectories
 after ``reset`` (set ``reuse_sessions=False`` when the sandbox's reset is not trusted).
 """
@@ -96,6 +102,7 @@ class RolloutEngine:
                  max_output_chars: int = 2048, temperature: float = 0.7, concurrency: int = 32, seed: int = 0,
                  shots: int = 3, template: str | None = None, cell_timeout: float | None = None,
                  infra_retries: int = 2, batch_window_s: float = 0.05, reuse_sessions: bool = True,
+                 lockstep: bool = False,
                  on_trajectory: Callable[[int, int, Trajectory], None] | None = None):
         if max_tokens < 1 or max_tool_calls < 0 or concurrency < 1:
             raise ValueError("max_tokens >= 1, max_tool_calls >= 0 and concurrency >= 1 are required")
@@ -104,6 +111,7 @@ class RolloutEngine:
         self.temperature, self.concurrency, self.seed = temperature, concurrency, seed
         self.shots, self.template, self.cell_timeout = shots, template, cell_timeout
         self.infra_retries, self.batch_window_s, self.reuse_sessions = infra_retries, batch_window_s, reuse_sessions
+        self.lockstep = lockstep
         self.on_trajectory = on_trajectory
         self.stats = RolloutStats()
 
@@ -132,9 +140,10 @@ class RolloutEngine:
     async def arun(self, problems: list[dict[str, Any]], samples: int = 1) -> list[Trajectory]:
         """Trajectories in order: problem 0 samples 0..k-1, problem 1 ..."""
         self.stats = RolloutStats()
-        self._pending: list[tuple[GenRequest, asyncio.Future[GenResult]]] = []
+        self._pending: list[tuple[tuple[int, int], GenRequest, asyncio.Future[GenResult]]] = []
         self._wake = asyncio.Event()
         self._active = self._executing = 0
+        self._unstarted = len(problems) * samples  # trajectories not yet admitted by the semaphore
         self._gen_running = False
         self._last_tick = time.perf_counter()
         self._blocked_now = False
@@ -142,7 +151,7 @@ class RolloutEngine:
         self._batch_no = 0
         client, owned = await self._client()
         self._client_obj = client
-        worker = asyncio.create_task(self._batch_worker()) if self.generator.batched else None
+        worker = asyncio.create_task(self._batch_worker()) if self.generator.batched or self.lockstep else None
         sem = asyncio.Semaphore(self.concurrency)
         total = len(problems) * samples
         done = 0
@@ -158,8 +167,9 @@ class RolloutEngine:
                 msgs, p_ids = prompt_cache[i]
                 self._tick()
                 self._active += 1
+                self._unstarted -= 1
                 try:
-                    traj = await self._rollout(problems[i], k, msgs, p_ids)
+                    traj = await self._rollout(problems[i], k, msgs, p_ids, (i, k))
                 finally:
                     self._tick()
                     self._active -= 1
@@ -259,15 +269,19 @@ class RolloutEngine:
     def _retick(self) -> None:
         self._blocked_now = (not self._gen_running) and not self._pending and self._executing > 0
 
-    async def _generate(self, req: GenRequest) -> GenResult:
-        if not self.generator.batched:
+    async def _generate(self, req: GenRequest, key: tuple[int, int]) -> GenResult:
+        if not self.generator.batched and not self.lockstep:
             return (await self.generator.agenerate([req]))[0]
         fut: asyncio.Future[GenResult] = asyncio.get_running_loop().create_future()
         self._tick()
-        self._pending.append((req, fut))
+        self._pending.append((key, req, fut))
         self._retick()
         self._wake.set()
         return await fut
+
+    def _everyone_asked(self) -> bool:
+        """Lockstep: every live trajectory waits for generation and none is about to be admitted."""
+        return len(self._pending) >= self._active and (self._unstarted == 0 or self._active >= self.concurrency)
 
     async def _batch_worker(self) -> None:
         max_batch = getattr(self.generator, "batch_size", 64)
@@ -276,22 +290,33 @@ class RolloutEngine:
             self._wake.clear()
             if not self._pending:
                 continue
-            deadline = time.perf_counter() + self.batch_window_s
-            while len(self._pending) < min(max_batch, self._active - self._executing) and time.perf_counter() < deadline:
-                await asyncio.sleep(0.002)
-            batch, self._pending = self._pending[:max_batch], self._pending[max_batch:]
+            if self.lockstep:
+                while not self._everyone_asked():
+                    await asyncio.sleep(0.002)
+                # One call for the whole round, rows in (problem, sample) order (the generator splits
+                # it into its own batches): the composition depends only on the trajectories' states.
+                self._pending.sort(key=lambda p: p[0])
+                batch, self._pending = self._pending, []
+            else:
+                deadline = time.perf_counter() + self.batch_window_s
+                while len(self._pending) < min(max_batch, self._active - self._executing) and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.002)
+                batch, self._pending = self._pending[:max_batch], self._pending[max_batch:]
             self._tick()
             self._gen_running = True
             self._retick()
             self._batch_no += 1
-            for req, _ in batch:
+            for _, req, _ in batch:
                 req.seed = None if req.seed is None else self.seed + self._batch_no
             t0 = time.perf_counter()
             try:
-                results = await asyncio.to_thread(self.generator.generate, [r for r, _ in batch])
+                if self.generator.batched:
+                    results = await asyncio.to_thread(self.generator.generate, [r for _, r, _ in batch])
+                else:
+                    results = await self.generator.agenerate([r for _, r, _ in batch])
             except Exception as exc:  # noqa: BLE001 - each waiting trajectory gets the error
                 results = None
-                for _, fut in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(GenerationError(f"{type(exc).__name__}: {exc}"))
             finally:
@@ -301,7 +326,7 @@ class RolloutEngine:
                 self._gen_running = False
                 self._retick()
             if results is not None:
-                for (_, fut), res in zip(batch, results, strict=True):
+                for (_, _, fut), res in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(res)
             if self._pending:
@@ -309,7 +334,7 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ one trajectory
     async def _rollout(self, problem: dict[str, Any], k: int, msgs: list[dict[str, str]],
-                       p_ids: list[int] | None) -> Trajectory:
+                       p_ids: list[int] | None, key: tuple[int, int]) -> Trajectory:
         traj = Trajectory(
             problem_id=str(problem.get("id", "")), prompt=msgs, reference=problem.get("answer"),
             problem=problem.get("problem", ""), source=problem.get("source"), sample_index=k,
@@ -327,7 +352,7 @@ class RolloutEngine:
                 req = GenRequest(msgs, traj.completion_text(), st.ctx_ids, remaining, self.temperature,
                                  seed=self.seed * 1_000_003 + k if self.seed is not None else None)
                 t0 = time.perf_counter()
-                res = await self._generate(req)
+                res = await self._generate(req, key)
                 traj.generation_seconds += time.perf_counter() - t0
                 n = len(res.token_ids) if res.token_ids is not None else res.num_tokens
                 used += n

@@ -66,7 +66,7 @@ def run(ctx: StageContext) -> StageResult:
         engine = RolloutEngine(
             generator, ctx.sandbox_endpoint, max_tool_calls=params.max_tool_calls, max_tokens=params.max_tokens,
             temperature=params.temperature, concurrency=concurrency, seed=spec.seed, shots=params.shots,
-            template=params.template,
+            template=params.template, lockstep=spec.deterministic,
             on_trajectory=on_traj,
         )
         trajs = engine.run(data.problems, params.samples_per_problem)

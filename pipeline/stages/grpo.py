@@ -162,7 +162,8 @@ def run(ctx: StageContext) -> StageResult:
     metrics_log = tu.MetricsLog(ctx.out_dir / "metrics.jsonl", append=resume_ckpt is not None)
     if resume_ckpt is not None:
         metrics_log.truncate_after(offsets[start_phase] + int(resume_ckpt.name.split("-")[1]))
-    rollout = RolloutFunc(tok, ctx.sandbox_endpoint, temperature=p.temperature, seed=ctx.run.spec.seed)
+    rollout = RolloutFunc(tok, ctx.sandbox_endpoint, temperature=p.temperature, seed=ctx.run.spec.seed,
+                          lockstep=ctx.run.spec.deterministic)
     log.info("grpo: %d problems (prompts up to %d tokens) from %s; %d phases, %d steps", len(problems), longest,
              source, len(p.curriculum), total)
     optimizer = None

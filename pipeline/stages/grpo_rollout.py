@@ -57,8 +57,9 @@ class _CpuGenerator(TransformersGenerator):
 class RolloutFunc:
     """Callable ``(prompts, trainer) -> dict`` TRL accepts as ``rollout_func``."""
 
-    def __init__(self, tokenizer: Any, sandbox: Any, *, temperature: float, seed: int, max_output_chars: int = 1024):
-        self.tokenizer, self.sandbox = tokenizer, sandbox
+    def __init__(self, tokenizer: Any, sandbox: Any, *, temperature: float, seed: int, max_output_chars: int = 1024,
+                 lockstep: bool = False):
+        self.tokenizer, self.sandbox, self.lockstep = tokenizer, sandbox, lockstep
         self.temperature, self.seed, self.max_output_chars = temperature, seed, max_output_chars
         self.problems: dict[str, dict[str, Any]] = {}
         self.max_length, self.max_tool_calls = 256, 1
@@ -95,7 +96,8 @@ class RolloutFunc:
         budget = max(1, self.max_length - len(turn_end_ids(self.tokenizer)))
         engine = RolloutEngine(self._generator(trainer), sandbox_client(self.sandbox), max_tool_calls=self.max_tool_calls,
                                max_tokens=budget, temperature=self.temperature, concurrency=len(problems),
-                               seed=self.seed + 7919 * self.calls, max_output_chars=self.max_output_chars)
+                               seed=self.seed + 7919 * self.calls, max_output_chars=self.max_output_chars,
+                               lockstep=self.lockstep)
         self.calls += 1
         trajs, cols = rollout_batch(engine, self.tokenizer, problems, samples=1, max_completion_length=self.max_length)
         pad = self.tokenizer.eos_token_id

@@ -209,3 +209,64 @@ def test_bad_engine_arguments():
 
 def test_generation_error_type_is_exported():
     assert issubclass(GenerationError, Exception)
+
+
+class _JitterSandbox(FakeSandbox):
+    """Cells take a random 0-20 ms, from a seeded stream: two runs see different timings."""
+
+    def __init__(self, seed):
+        import random
+
+        super().__init__(lambda code: FakeResult("ok", "1\n"))
+        self.rng = random.Random(seed)
+
+    async def execute(self, sid, code, timeout=None):
+        import asyncio
+
+        await asyncio.sleep(self.rng.uniform(0.0, 0.02))
+        return await super().execute(sid, code, timeout)
+
+
+class _RecordingGenerator(ScriptedGenerator):
+    """Records every generate call as the (problem, turns so far) of its rows, in row order."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.calls = []
+
+    def generate(self, requests):
+        self.calls.append([(r.messages[-1]["content"], r.completion_text.count("```output")) for r in requests])
+        return super().generate(requests)
+
+
+def _varied(problem, so_far):
+    """Problem i writes i % 3 + 1 blocks before answering: trajectories end at different turns."""
+    want = int(problem.split()[2]) % 3 + 1
+    if so_far.count("```output") < want:
+        return "```python\nprint(1)\n```\n", "code"
+    return "\\boxed{1}", "eos"
+
+
+@pytest.mark.parametrize("concurrency", [16, 5])
+def test_lockstep_batches_do_not_depend_on_cell_timings(concurrency):
+    runs = []
+    for timing_seed in (1, 2, 3):
+        gen = _RecordingGenerator(_varied)
+        trajs = engine(gen, _JitterSandbox(timing_seed), lockstep=True, concurrency=concurrency,
+                       batch_window_s=0.0).run(PROBLEMS, samples=2)
+        assert [t.tool_calls for t in trajs] == [i % 3 + 1 for i in range(8) for _ in range(2)]
+        runs.append(gen.calls)
+    assert runs[0] == runs[1] == runs[2]
+    first = runs[0][0]
+    assert len(first) == min(concurrency, 16)  # a round holds every live trajectory
+    assert first == sorted(first, key=lambda row: int(row[0].split()[2]))  # rows in problem order
+
+
+def test_without_lockstep_batches_follow_cell_timings():
+    # What lockstep fixes: with free-running batches, which rows share a call depends on timing.
+    seen = set()
+    for timing_seed in range(6):
+        gen = _RecordingGenerator(_varied)
+        engine(gen, _JitterSandbox(timing_seed), batch_window_s=0.0).run(PROBLEMS, samples=2)
+        seen.add(repr(gen.calls))
+    assert len(seen) > 1
