@@ -37,7 +37,7 @@ _FLAGS = {  # SandboxConfig field -> `serve` flag
     "max_output_bytes": "--max-output-bytes", "max_file_bytes": "--max-file-bytes",
     "scratch_bytes": "--scratch-bytes", "max_sessions": "--max-sessions",
     "session_idle_seconds": "--session-idle-seconds", "warm_pool": "--warm-pool", "runsc_path": "--runsc", "python_executable": "--python",
-    "runsc_platform": "--runsc-platform",
+    "runsc_platform": "--runsc-platform", "max_parallel_cells": "--max-parallel-cells",
 }
 
 

@@ -216,6 +216,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=d.max_sessions)
     parser.add_argument("--session-idle-seconds", type=float, default=d.session_idle_seconds)
     parser.add_argument("--warm-pool", type=int, default=d.warm_pool)
+    parser.add_argument("--max-parallel-cells", type=int, default=d.max_parallel_cells,
+                        help="cells executing at once (the rest queue outside their timeout); 0 = 2 x CPUs")
     parser.add_argument("--runsc", default=d.runsc_path, help="path of the gVisor runsc binary")
     parser.add_argument("--preload", default="", help="comma-separated modules warm interpreters import, "
                         "e.g. numpy,sympy (faster first import; more memory per session)")
@@ -243,7 +245,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         max_file_bytes=args.max_file_bytes, scratch_bytes=args.scratch_bytes, max_sessions=args.max_sessions,
         session_idle_seconds=args.session_idle_seconds, warm_pool=args.warm_pool, runsc_path=args.runsc, python_executable=args.python,
         preload=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
-        runsc_platform=args.runsc_platform, echo_last_expression=not args.no_echo_last_expression,
+        runsc_platform=args.runsc_platform, max_parallel_cells=args.max_parallel_cells,
+        echo_last_expression=not args.no_echo_last_expression,
         isolation="none" if args.unsafe_no_isolation else args.isolation,
         deny_local_clients=False if args.allow_local_clients else None)
 

@@ -101,6 +101,7 @@ class SessionManager:
         self._reaper: asyncio.Task[None] | None = None
         self._pending = 0  # creations in flight count against the cap too
         self._teardowns: set[asyncio.Task[None]] = set()
+        self._cells = asyncio.Semaphore(config.parallel_cells())  # cells running at once
 
     def start(self) -> None:
         self._reaper = asyncio.ensure_future(self._reap_loop())
@@ -133,24 +134,31 @@ class SessionManager:
             if self.sessions.get(session_id) is not session:
                 raise SessionNotFoundError(f"session {session_id!r} was closed")
             session.calls += 1
-            t0 = time.monotonic()
-            try:
-                raw = await session.interpreter.execute(code, limit, self.config.max_output_bytes)
-                reply = shape_reply(raw, self.config.max_output_bytes, time.monotonic() - t0)
-            except InterpreterTimeout:
+            failure: BaseException | None = None
+            async with self._cells:  # queued cells wait here, outside their timeout
+                t0 = time.monotonic()
+                try:
+                    raw = await session.interpreter.execute(code, limit, self.config.max_output_bytes)
+                except (InterpreterTimeout, InterpreterDied) as e:
+                    failure = e
+                duration = time.monotonic() - t0
+            if failure is None:
+                reply = shape_reply(raw, self.config.max_output_bytes, duration)
+            elif isinstance(failure, InterpreterTimeout):
                 await self._replace(session, "timeout")
                 reply = _restart_reply(
                     "timeout", "TimeoutError",
                     f"the cell ran longer than {limit:g}s and was stopped; the session was restarted, "
-                    "so all variables, imports and files from earlier cells are gone", time.monotonic() - t0)
-            except InterpreterDied as e:
+                    "so all variables, imports and files from earlier cells are gone", duration)
+            else:
+                assert isinstance(failure, InterpreterDied)
                 await self._replace(session, "killed")
-                how = f"exit status {e.returncode}" if e.returncode is not None else str(e)
+                how = f"exit status {failure.returncode}" if failure.returncode is not None else str(failure)
                 reply = _restart_reply(
                     "killed", "InterpreterKilled",
                     f"the interpreter was killed ({how}; e.g. it exited, was signalled, or ran out of resources); "
                     "the session was restarted, so all variables, imports and files from earlier cells are gone",
-                    time.monotonic() - t0)
+                    duration)
             session.last_used = time.monotonic()
         self.metrics.executions.labels(status=reply["status"]).inc()
         self.metrics.execute_seconds.observe(reply["duration_s"])

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from codeground.pipeline.sandbox.client import SandboxClient, SandboxInfraError, SandboxSessionLost
-from codeground.pipeline.sandbox.config import SandboxConfig
+from codeground.pipeline.sandbox.config import SandboxConfig, SandboxConfigError
 from codeground.pipeline.sandbox.local import local_sandbox
 
 from .conftest import TEST_CONFIG, require_runsc
@@ -59,6 +59,36 @@ def test_timeout_restarts_the_session_and_says_so(client: SandboxClient, session
 def test_server_timeout_caps_the_requested_one(client: SandboxClient, session: str) -> None:
     r = client.execute(session, "import time\ntime.sleep(10)", timeout=60)
     assert r.status == "timeout" and r.duration_s < TEST_CONFIG["timeout_seconds"] + 1.5
+
+
+def test_queued_cells_wait_outside_their_timeout() -> None:
+    """Three 0.8 s cells at once with room for one: they run one after another (>= 2.4 s in all), and
+    each is timed from its own start, so none reaches the 1.5 s limit while it waits its turn."""
+    require_runsc()
+    import concurrent.futures
+
+    config = SandboxConfig(**{**TEST_CONFIG, "warm_pool": 3, "max_parallel_cells": 1})
+    with local_sandbox(config) as url, SandboxClient(url) as client:
+        sids = [client.create_session() for _ in range(3)]
+        for sid in sids:
+            client.execute(sid, "import time")
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            replies = list(ex.map(lambda sid: client.execute(sid, "time.sleep(0.8)\nprint('done')", timeout=1.5), sids))
+        wall = time.monotonic() - t0
+    assert [r.status for r in replies] == ["ok"] * 3, replies
+    assert all(0.8 <= r.duration_s < 1.5 for r in replies)
+    assert wall >= 2.4
+
+
+def test_parallel_cells_default_follows_the_cpus() -> None:
+    import os
+
+    assert SandboxConfig().parallel_cells() == 2 * len(os.sched_getaffinity(0))
+    assert SandboxConfig(max_parallel_cells=3).parallel_cells() == 3
+    assert SandboxConfig.from_limits({"maxParallelCells": 5}).max_parallel_cells == 5
+    with pytest.raises(SandboxConfigError, match="max_parallel_cells"):
+        SandboxConfig(max_parallel_cells=-1)
 
 
 def test_preloaded_modules_make_the_first_import_instant() -> None:
