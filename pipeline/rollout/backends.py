@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import CodegroundError
 from .codeblocks import closes_block, first_closed_block
-from .models import load_model, smollm2_path
+from .models import cache_kwarg, load_model, output_cache, smollm2_path
 from .tokenize import encode_text, prompt_ids, render_prompt, turn_end_text
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class TransformersGenerator(Generator):
             if self._prefix_memo is None or self._prefix_memo[0] != key:
                 with torch.no_grad():
                     out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
-                self._prefix_memo = (key, out.past_key_values)
+                self._prefix_memo = (key, output_cache(out))
                 self.prefix_forwards += 1
             cache = copy.deepcopy(self._prefix_memo[1])  # generation appends to the copy, not the memo
             cache.batch_repeat_interleave(batch)
@@ -303,7 +303,7 @@ class TransformersGenerator(Generator):
                     input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device),
                     max_new_tokens=max(budgets), stopping_criteria=StoppingCriteriaList([stop]),
                     pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids), use_cache=True,
-                    **({"past_key_values": cache} if cache is not None else {}), **kwargs,
+                    **({cache_kwarg(): cache} if cache is not None else {}), **kwargs,
                 )
         finally:
             if was_training:

@@ -166,3 +166,18 @@ def load_model(ref: Any, *, dtype: Any = None, device: str | None = None) -> tup
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def cache_kwarg() -> str:
+    """The keyword that hands a KV cache to a model's forward/generate: ``cache`` from transformers 5
+    (``past_key_values`` there is deprecated and warns), ``past_key_values`` before."""
+    import transformers
+
+    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+

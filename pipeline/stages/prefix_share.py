@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..rollout.models import cache_kwarg, output_cache
+
 log = logging.getLogger(__name__)
 
 MIN_PREFIX = 16  # shorter shared prefixes are not worth a second forward call
@@ -117,18 +119,10 @@ def checkpointing(model: Any) -> bool:
     return False
 
 
-def _cache_kwarg() -> str:
-    import transformers
-
-    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
-
-
 def _prefix_cache(model: Any, prefix: Any) -> list[tuple[Any, Any]] | None:
     """Per-layer (key, value) of the prefix, with gradients; None when the cache is not plain full attention."""
     out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
+    cache = output_cache(out)
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
         return None
@@ -157,7 +151,7 @@ def score(model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, 
         kv = _prefix_cache(model, layout.prefix)
     if kv is None:
         return None
-    key = _cache_kwarg()
+    key = cache_kwarg()
     b = input_ids.size(0)
     step = batch_size or b
     width = layout.suffix_ids.size(1)
@@ -232,7 +226,7 @@ class SharedPrefixModel:
         shift = torch.cat([labels[:, c + 1:], torch.full_like(labels[:, :1], -100)], dim=1)
         positions = torch.arange(c, t, device=input_ids.device)[None, :].expand(b, -1)
         out = self.model(input_ids=input_ids[:, c:], attention_mask=attention_mask, position_ids=positions,
-                         shift_labels=shift, fused_lm_head=True, **{_cache_kwarg(): cache})
+                         shift_labels=shift, fused_lm_head=True, **{cache_kwarg(): cache})
         for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
             value = getattr(out, name, None)
             if value is not None:
