@@ -15,7 +15,11 @@ execute asynchronously. Reports:
   and the load average (other work on the machine slows generation, not the blocked share's meaning);
 * ``one_call`` — the baseline measured in the same run: the same rollouts with ``chunk_tokens=0``
   (one ``generate`` call per turn, every row decoding until the longest is done), and
-  ``speedup_vs_one_call`` (wall time of that baseline / wall time chunked).
+  ``speedup_vs_one_call`` (wall time of that baseline / wall time chunked);
+* ``lockstep`` — the same rollouts again with ``lockstep=True`` (``spec.deterministic``: every live
+  trajectory's turn in one batch, no overlap with execution), run twice: its wall time, its cost
+  ``lockstep_slowdown`` (lockstep wall / free-running wall) and ``lockstep_repeats`` (the two lockstep
+  runs gave identical trajectories).
 
 What it does not measure: GPU generation, or the sandbox's own latency floor (bench/sandbox.py does).
 """
@@ -51,20 +55,30 @@ def main(args: argparse.Namespace) -> dict:
     problems = load_source("builtin:arith_test", limit=args.problems).problems
     config = SandboxConfig.from_limits({"timeoutSeconds": 10, "maxSessions": max(8, args.concurrency)})
 
-    def engine_for(url: str, chunk_tokens: int) -> RolloutEngine:
+    def engine_for(url: str, chunk_tokens: int, lockstep: bool = False) -> RolloutEngine:
         gen = TransformersGenerator(model, tok, batch_size=args.concurrency, chunk_tokens=chunk_tokens)
         return RolloutEngine(gen, url, max_tool_calls=args.max_tool_calls, max_tokens=args.max_tokens,
-                             temperature=args.temperature, concurrency=args.concurrency, seed=0, shots=3)
+                             temperature=args.temperature, concurrency=args.concurrency, seed=0, shots=3,
+                             lockstep=lockstep)
+
+    def texts(trajs: list) -> list:
+        return [[(s.role, s.text) for s in t.segments] for t in trajs]
 
     with local_sandbox(config) as url:
         engine = engine_for(url, args.chunk_tokens)
         engine.run(problems[:2])  # warm-up: sessions, kernels
         trajs = engine.run(problems, args.samples)
-        baseline = None
+        baseline = lockstep = None
         if args.baseline:
             base_engine = engine_for(url, 0)
             base_engine.run(problems, args.samples)
             baseline = base_engine.stats.to_dict()
+        if args.lockstep:
+            runs = []
+            for _ in range(2):
+                ls_engine = engine_for(url, args.chunk_tokens, lockstep=True)
+                runs.append((texts(ls_engine.run(problems, args.samples)), ls_engine.stats.to_dict()))
+            lockstep = {"stats": runs[0][1], "repeats": runs[0][0] == runs[1][0]}
     stats = engine.stats.to_dict()
     acc = metrics.evaluate(trajs, k=args.samples)
     out = {
@@ -105,6 +119,11 @@ def main(args: argparse.Namespace) -> dict:
         out["one_call"] = {k: baseline[k] for k in ("wall_s", "trajectories_per_s", "generation_s", "blocked_share",
                                                      "batches", "generated_tokens")}
         out["speedup_vs_one_call"] = baseline["wall_s"] / stats["wall_s"] if stats["wall_s"] else None
+    if lockstep is not None:
+        ls = lockstep["stats"]
+        out["lockstep"] = {k: ls[k] for k in ("wall_s", "trajectories_per_s", "generation_s", "blocked_share", "batches")}
+        out["lockstep_slowdown"] = ls["wall_s"] / stats["wall_s"] if stats["wall_s"] else None
+        out["lockstep_repeats"] = lockstep["repeats"]
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
@@ -122,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-tokens", type=int, default=48, help="new tokens per generate call (0 = one call per turn)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the one-call-per-turn baseline run")
+    p.add_argument("--no-lockstep", dest="lockstep", action="store_false",
+                   help="skip the two lockstep (spec.deterministic) runs")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rollouts.json"))
     return p
 
