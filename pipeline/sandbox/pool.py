@@ -5,7 +5,8 @@ Who calls it: the session manager takes an interpreter for every new session, re
 interpreters ready, booting at most `concurrency` at once (booting a gVisor sandbox is CPU-heavy).
 
 What it does not guarantee: a warm interpreter when sessions are created faster than sandboxes boot --
-`acquire` then boots one on the spot (hundreds of milliseconds, reported as ``warm=False``).
+`acquire` then boots one on the spot (hundreds of milliseconds, reported as ``warm=False``), queued
+behind the boots already running (at most `concurrency` at once).
 """
 
 from __future__ import annotations
@@ -70,15 +71,23 @@ class WarmPool:
         return interp
 
     async def acquire(self) -> tuple[Interpreter, bool]:
-        """A ready interpreter and whether it came warm from the pool."""
-        while self._ready:
-            interp = self._ready.popleft()
+        """A ready interpreter and whether it came warm from the pool.
+
+        With the pool empty it boots one, but never more than ``concurrency`` boots run at once
+        (refills included): 44 sandboxes booting together on 2 cores starved the cells already
+        running, and trivial ones hit their timeout. A waiter takes a warm interpreter if one lands first.
+        """
+        while True:
+            while self._ready:
+                interp = self._ready.popleft()
+                self._wake.set()
+                if interp.alive:
+                    return interp, True
+                await interp.kill()
             self._wake.set()
-            if interp.alive:
-                return interp, True
-            await interp.kill()
-        self._wake.set()
-        return await self.boot(), False
+            async with self._sem:
+                if not self._ready:
+                    return await self.boot(), False
 
     async def _boot_one(self) -> None:
         try:

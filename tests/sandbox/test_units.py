@@ -124,3 +124,37 @@ def test_worker_protocol_without_isolation(tmp_path: object) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_boots_on_demand_wait_for_a_boot_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """48 sessions asked for at once from an empty pool: never more than `concurrency` sandboxes boot
+    at the same time (together they starved the cells already running), and every caller gets one."""
+    import asyncio
+
+    from codeground.pipeline.sandbox import pool as pool_mod
+
+    running, peak = 0, 0
+
+    class FakeInterp:
+        alive = True
+
+        async def kill(self) -> None:
+            pass
+
+    async def fake_start(spec: object) -> FakeInterp:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return FakeInterp()
+
+    monkeypatch.setattr(pool_mod.Interpreter, "start", staticmethod(fake_start))
+
+    async def main() -> list[tuple[object, bool]]:
+        pool = pool_mod.WarmPool(lambda: object(), size=0, concurrency=2)
+        return await asyncio.gather(*(pool.acquire() for _ in range(48)))
+
+    got = asyncio.run(main())
+    assert len(got) == 48 and len({id(i) for i, _ in got}) == 48
+    assert peak == 2
