@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's first command: set up a fresh machine and run the quickstart (about 18 minutes on 2 CPU cores in float32; faster with native bf16).
+# The README's first command: set up a fresh machine and run the quickstart (about 25 minutes on 2 CPU cores in float32; faster with native bf16).
 #
 #   hack/quickstart.sh [OUT]        # OUT defaults to runs/quickstart
 #
