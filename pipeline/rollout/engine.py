@@ -169,7 +169,7 @@ class RolloutEngine:
                 self._active += 1
                 self._unstarted -= 1
                 try:
-                    traj = await self._rollout(problems[i], k, msgs, p_ids, (i, k))
+                    traj = await self._rollout(problems[i], i, k, msgs, p_ids)
                 finally:
                     self._tick()
                     self._active -= 1
@@ -333,8 +333,9 @@ class RolloutEngine:
                 self._wake.set()
 
     # ------------------------------------------------------------------ one trajectory
-    async def _rollout(self, problem: dict[str, Any], k: int, msgs: list[dict[str, str]],
-                       p_ids: list[int] | None, key: tuple[int, int]) -> Trajectory:
+    async def _rollout(self, problem: dict[str, Any], i: int, k: int, msgs: list[dict[str, str]],
+                       p_ids: list[int] | None) -> Trajectory:
+        """Sample ``k`` of problem ``i`` (the pair orders a lockstep batch)."""
         traj = Trajectory(
             problem_id=str(problem.get("id", "")), prompt=msgs, reference=problem.get("answer"),
             problem=problem.get("problem", ""), source=problem.get("source"), sample_index=k,
@@ -352,7 +353,7 @@ class RolloutEngine:
                 req = GenRequest(msgs, traj.completion_text(), st.ctx_ids, remaining, self.temperature,
                                  seed=self.seed * 1_000_003 + k if self.seed is not None else None)
                 t0 = time.perf_counter()
-                res = await self._generate(req, key)
+                res = await self._generate(req, (i, k))
                 traj.generation_seconds += time.perf_counter() - t0
                 n = len(res.token_ids) if res.token_ids is not None else res.num_tokens
                 used += n

@@ -180,4 +180,3 @@ def output_cache(out: Any) -> Any:
     """The KV cache a forward pass returned, under either name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
-

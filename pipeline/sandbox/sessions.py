@@ -134,31 +134,25 @@ class SessionManager:
             if self.sessions.get(session_id) is not session:
                 raise SessionNotFoundError(f"session {session_id!r} was closed")
             session.calls += 1
-            failure: BaseException | None = None
-            async with self._cells:  # queued cells wait here, outside their timeout
-                t0 = time.monotonic()
-                try:
+            try:
+                async with self._cells:  # queued cells wait here, outside their timeout
+                    t0 = time.monotonic()
                     raw = await session.interpreter.execute(code, limit, self.config.max_output_bytes)
-                except (InterpreterTimeout, InterpreterDied) as e:
-                    failure = e
-                duration = time.monotonic() - t0
-            if failure is None:
-                reply = shape_reply(raw, self.config.max_output_bytes, duration)
-            elif isinstance(failure, InterpreterTimeout):
+                reply = shape_reply(raw, self.config.max_output_bytes, time.monotonic() - t0)
+            except InterpreterTimeout:
                 await self._replace(session, "timeout")
                 reply = _restart_reply(
                     "timeout", "TimeoutError",
                     f"the cell ran longer than {limit:g}s and was stopped; the session was restarted, "
-                    "so all variables, imports and files from earlier cells are gone", duration)
-            else:
-                assert isinstance(failure, InterpreterDied)
+                    "so all variables, imports and files from earlier cells are gone", time.monotonic() - t0)
+            except InterpreterDied as e:
                 await self._replace(session, "killed")
-                how = f"exit status {failure.returncode}" if failure.returncode is not None else str(failure)
+                how = f"exit status {e.returncode}" if e.returncode is not None else str(e)
                 reply = _restart_reply(
                     "killed", "InterpreterKilled",
                     f"the interpreter was killed ({how}; e.g. it exited, was signalled, or ran out of resources); "
                     "the session was restarted, so all variables, imports and files from earlier cells are gone",
-                    duration)
+                    time.monotonic() - t0)
             session.last_used = time.monotonic()
         self.metrics.executions.labels(status=reply["status"]).inc()
         self.metrics.execute_seconds.observe(reply["duration_s"])
