@@ -55,6 +55,7 @@ def test_defaults_are_applied_like_the_api_server():
         (lambda d: d["spec"].update(bogus=1), "spec.bogus", "unknown field"),
         (lambda d: d["spec"]["stages"][1]["sft"].update(learningRate=-1), "spec.stages[1].sft.learningRate", "greater than 0"),
         (lambda d: d["spec"]["stages"][1]["sft"].update(batchSize="big"), "spec.stages[1].sft.batchSize", "integer"),
+        (lambda d: d["spec"].update(deterministic="sometimes"), "spec.deterministic", "boolean"),
         (lambda d: d["spec"]["stages"][0].update(type="pretrain"), "spec.stages[0].type", "distill"),
         (lambda d: d["spec"]["stages"][2]["grpo"].update(numGenerations=0), "spec.stages[2].grpo.numGenerations", "greater than or equal to 2"),
         (lambda d: d["spec"]["stages"][3].update(name="distill"), "spec.stages", "unique"),
